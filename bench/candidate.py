@@ -1,0 +1,64 @@
+"""Cost of one search candidate relative to the bare forward pass over its fitness tokens.
+
+    python bench/candidate.py [--model smollm2-135m] [--repeats 5]
+
+Candidate = ratios from a function (memoised features) + incremental re-prune + loss on the
+fitness windows; bare = the same windows through the dense model. Goal: ratio under 1.1.
+Medians of --repeats runs, screen (1 window) and full (4 windows) fidelities.
+"""
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dsa import runner  # noqa: E402
+from dsa.evolution import Search, SearchConfig  # noqa: E402
+from dsa.fitness import LocalEvaluator  # noqa: E402
+from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="results/bench_candidate.json")
+    args = parser.parse_args()
+    bench = Workbench(BenchConfig(model=args.model))
+    evaluator = LocalEvaluator(bench, "wiki/validation", 4)
+    search = Search(SearchConfig(), bench.sizes, len(bench.blocks), runner.block_mats_of(bench), evaluator)
+    random.seed(0)
+    # Functions whose features are already memoised, as in a running search.
+    pool = [search.random_individual() for _ in range(40)]
+    pool = [ind for ind in pool if search.ratios_of(ind) is not None][: args.repeats * 2]
+    result = {"model": args.model, "threads": torch.get_num_threads()}
+    for label, indices in (("screen", [0]), ("full", [0, 1, 2, 3])):
+        windows = evaluator.windows[indices]
+        bench.pruner.restore()
+        bare = statistics.median(_time(lambda: bench.window_nll(windows)) for _ in range(args.repeats))
+        costs = []
+        for ind in pool[: args.repeats]:
+            start = time.perf_counter()
+            evaluator.losses(search.ratios_of(ind), indices)
+            costs.append(time.perf_counter() - start)
+        result[label] = {"tokens": windows.numel(), "bare_forward_s": bare, "candidate_s": statistics.median(costs),
+                         "ratio": statistics.median(costs) / bare}
+    bench.pruner.restore()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def _time(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Write a comparison of allocations: markdown table, CSV, and a plot of per-block ratios."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def markdown_table(model: str, pruner: str, dense: dict[str, float], rows: list[dict]) -> str:
+    texts = list(dense)
+    header = f"{model}, {pruner}; dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense.items())
+    lines = [header, "", "| sparsity | method | achieved | " + " | ".join(texts) + " |",
+             "|---|---|---|" + "---|" * len(texts)]
+    for row in rows:
+        best = {t: min(r[t] for r in rows if r["sparsity"] == row["sparsity"]) for t in texts}
+        cells = [f"**{row[t]:.2f}**" if row[t] == best[t] else f"{row[t]:.2f}" for t in texts]
+        lines.append(f"| {row['sparsity']:.0%} | {row['method']} | {row['achieved']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(out: Path, model: str, pruner: str, dense: dict[str, float], rows: list[dict],
+                     allocations: dict[tuple[str, float], list[float]]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(model, pruner, dense, rows)
+    (out / "table.md").write_text(table)
+    with open(out / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    sparsities = sorted({s for _, s in allocations})
+    fig, axes = plt.subplots(1, len(sparsities), figsize=(5 * len(sparsities), 3.6), squeeze=False)
+    for ax, sparsity in zip(axes[0], sparsities):
+        for (method, s), ratios in allocations.items():
+            if s == sparsity:
+                ax.plot(range(len(ratios)), ratios, marker=".", label=method)
+        ax.set_title(f"{model} at {sparsity:.0%}")
+        ax.set_xlabel("block")
+        ax.set_ylabel("sparsity ratio")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ratios.png", dpi=120)
+    plt.close(fig)
+    return table

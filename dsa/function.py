@@ -1,0 +1,142 @@
+"""Allocation functions as data: JSON <-> genome names, validation, and the sympy formula.
+
+    {"format": "dsa-function", "version": 1,
+     "importance": {"operand": "wanda", "pre": ["abslog"], "reduction": "var"},
+     "transform": ["atan", "asin"], "post": "noop", "map": {"kind": "owl", "lambda": 0.08}}
+
+"importance" may also be {"op": "sub", "args": [importance, importance]} (tree-shaped functions).
+Files are validated field by field and never executed.
+"""
+from __future__ import annotations
+
+import math
+
+import sympy
+
+from search_space import post, pre, reduction, transform
+
+from .genome import ARITHMETIC, EPS_GRID, LAMBDA_GRID, MAX_ARITHMETIC_DEPTH, OPERANDS, _const_name
+
+FORMAT = "dsa-function"
+VERSION = 1
+MAX_FILE_BYTES = 64 * 1024
+
+
+class FunctionError(ValueError):
+    """A function file that is not a valid allocation function; the message says why."""
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise FunctionError(message)
+
+
+def _op_list(value, registry: dict, stage: str) -> list[str]:
+    _expect(isinstance(value, list) and len(value) <= 2, f"{stage} must be a list of at most 2 op names")
+    for name in value:
+        _expect(isinstance(name, str) and name in registry, f"unknown {stage} op {name!r}")
+    return [n for n in value if n != "noop"]
+
+
+def _importance_names(node, depth: int = 0) -> list[str]:
+    _expect(isinstance(node, dict), "importance must be an object")
+    if "op" in node:
+        _expect(depth < MAX_ARITHMETIC_DEPTH, f"importance nests deeper than {MAX_ARITHMETIC_DEPTH} arithmetic ops")
+        _expect(set(node) == {"op", "args"}, "arithmetic node takes exactly 'op' and 'args'")
+        _expect(node["op"] in ARITHMETIC, f"unknown arithmetic op {node['op']!r}")
+        _expect(isinstance(node["args"], list) and len(node["args"]) == 2, "arithmetic needs two args")
+        return [f"arith_{node['op']}", *_importance_names(node["args"][0], depth + 1),
+                *_importance_names(node["args"][1], depth + 1)]
+    _expect(set(node) == {"operand", "pre", "reduction"}, "importance takes 'operand', 'pre', 'reduction'")
+    _expect(node["operand"] in OPERANDS, f"unknown operand {node['operand']!r}")
+    _expect(node["reduction"] in reduction.OPS, f"unknown reduction {node['reduction']!r}")
+    ops = _op_list(node["pre"], pre.OPS, "pre") + ["noop", "noop"]
+    return [f"red_{node['reduction']}", f"pre2_{ops[1]}", f"pre1_{ops[0]}", node["operand"]]
+
+
+def _constant(mapping) -> str:
+    _expect(isinstance(mapping, dict) and set(mapping) == {"kind", "lambda" if mapping.get("kind") == "owl" else "eps"},
+            "map must be {'kind': 'owl', 'lambda': x} or {'kind': 'alpha', 'eps': x}")
+    kind = mapping["kind"]
+    value = mapping["lambda" if kind == "owl" else "eps"]
+    _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            "map constant must be a finite number")
+    grid = LAMBDA_GRID if kind == "owl" else EPS_GRID
+    _expect(any(abs(value - g) < 1e-9 for g in grid), f"map constant {value} is not on the grid {grid}")
+    return _const_name("lam" if kind == "owl" else "eps", min(grid, key=lambda g: abs(g - value)))
+
+
+def to_names(data) -> list[str]:
+    """Validate a function document and return the genome's prefix list of names."""
+    _expect(isinstance(data, dict), "a function file holds one JSON object")
+    _expect(data.get("format") == FORMAT, f"'format' must be {FORMAT!r}")
+    _expect(data.get("version") == VERSION, f"unsupported version {data.get('version')!r} (this tool reads {VERSION})")
+    allowed = {"format", "version", "importance", "transform", "post", "map", "meta"}
+    _expect(set(data) <= allowed, f"unknown fields {sorted(set(data) - allowed)}")
+    transforms = _op_list(data.get("transform", []), transform.OPS, "transform") + ["noop", "noop"]
+    _expect(data.get("post", "noop") in post.OPS, f"unknown post op {data.get('post')!r}")
+    mapping = data.get("map")
+    constant = _constant(mapping)
+    return [f"map_{mapping['kind']}", f"post_{data.get('post', 'noop')}", f"tr2_{transforms[1]}",
+            f"tr1_{transforms[0]}", *_importance_names(data.get("importance")), constant]
+
+
+def from_root(root) -> dict:
+    """Genome (parsed pipeline.Node) -> function document."""
+    def importance(node):
+        if node.name.startswith("arith_"):
+            return {"op": node.name[6:], "args": [importance(c) for c in node.children]}
+        pre2 = node.children[0]
+        pre1 = pre2.children[0]
+        ops = [pre1.name[5:], pre2.name[5:]]
+        return {"operand": pre1.children[0].name, "pre": [o for o in ops if o != "noop"],
+                "reduction": node.name[4:]}
+
+    posted, constant = root.children
+    tr2 = posted.children[0]
+    tr1 = tr2.children[0]
+    kind = root.name[4:]
+    value = float(constant.name.split("_", 1)[1].replace("p", "."))
+    return {"format": FORMAT, "version": VERSION, "importance": importance(tr1.children[0]),
+            "transform": [o for o in (tr1.name[4:], tr2.name[4:]) if o != "noop"],
+            "post": posted.name[5:], "map": {"kind": kind, ("lambda" if kind == "owl" else "eps"): value}}
+
+
+def importance_expr(data) -> sympy.Expr:
+    """The per-block importance as one sympy expression of the element score x (or W)."""
+    def node_expr(node):
+        if "op" in node:
+            a, b = (node_expr(n) for n in node["args"])
+            return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b}[node["op"]]
+        expr = sympy.Symbol("W" if node["operand"] == "weight" else "x")
+        for name in node["pre"]:
+            expr = pre.OPS[name].sym(expr)
+        return reduction.OPS[node["reduction"]].sym(expr)
+
+    expr = node_expr(data["importance"])
+    for name in data.get("transform", []):
+        expr = transform.OPS[name].sym(expr)
+    return post.OPS[data.get("post", "noop")].sym(expr)
+
+
+OPERAND_MEANING = {"wanda": "x = Wanda score |W_ij| * ||X_j||", "magnitude": "x = magnitude |W_ij|",
+                   "weight": "W = the weight matrices of the block"}
+
+
+def _operands(node) -> set[str]:
+    if "op" in node:
+        return set().union(*(_operands(n) for n in node["args"]))
+    return {node["operand"]}
+
+
+def describe(data) -> str:
+    """Human-readable formula: the importance expression, what its symbols are, and the map."""
+    expr = importance_expr(data)
+    mapping = data["map"]
+    if mapping["kind"] == "owl":
+        map_text = f"ratios = OWL map of importance, lambda = {mapping['lambda']} (more important -> less pruning)"
+    else:
+        map_text = f"ratios = AlphaPruning map of importance, eps = {mapping['eps']} (larger -> more pruning)"
+    symbols = "; ".join(OPERAND_MEANING[o] for o in sorted(_operands(data["importance"])))
+    return "\n".join([f"importance = {expr}", "", sympy.pretty(expr), "", f"LaTeX: {sympy.latex(expr)}",
+                      f"where {symbols}; reductions run over all of a block's matrices", map_text])

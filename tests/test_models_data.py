@@ -1,0 +1,58 @@
+"""Block discovery on both built-in models, disjoint text splits, built-in texts."""
+import pytest
+import torch
+
+from evaluators import data
+from evaluators.models import load_model
+
+
+def test_blocks_smollm2(bench):
+    blocks = bench.blocks
+    assert len(blocks) == 30
+    assert all(sorted(b.linears) == sorted(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                            "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"])
+               for b in blocks)
+    pruned = {id(l) for b in blocks for l in b.linears.values()}
+    assert id(bench.loaded.model.lm_head) not in pruned
+    assert blocks[0].size == 576 * 576 * 2 + 576 * 192 * 2 + 576 * 1536 * 3
+
+
+def test_blocks_gemma3():
+    loaded = load_model("gemma3-270m", device="cpu")
+    assert type(loaded.model).__name__ == "Gemma3ForCausalLM"
+    assert len(loaded.blocks) == 18
+    assert all(len(b.linears) == 7 for b in loaded.blocks)
+    pruned = {id(l) for b in loaded.blocks for l in b.linears.values()}
+    assert id(loaded.model.lm_head) not in pruned
+    window = data.token_windows(loaded.tokenizer, "wiki/test", 64, 1)
+    assert window[0, 0].item() == loaded.tokenizer.bos_token_id  # Gemma expects BOS
+    with torch.no_grad():
+        loss = loaded.model(window, labels=window).loss.item()
+    assert loss < 5.0  # a working language model, not noise (ln(262144) = 12.5)
+
+
+def test_wiki_splits_disjoint_by_article():
+    articles = data.wiki_articles()
+    val = {aid for aid, _ in articles if data.wiki_split_of(aid) == "validation"}
+    test = {aid for aid, _ in articles if data.wiki_split_of(aid) == "test"}
+    assert val and test and not val & test
+    assert 0.35 < len(val) / len(articles) < 0.65
+    val_text, test_text = data.load_text("wiki/validation"), data.load_text("wiki/test")
+    for _, text in [a for a in articles if len(a[1]) > 2000][:50]:
+        assert (text in val_text) != (text in test_text)
+
+
+def test_windows_disjoint_and_deterministic(bench):
+    val = bench.windows("wiki/validation", 8)
+    test = bench.windows("wiki/test", 8)
+    assert val.shape == test.shape == (8, 256)
+    assert torch.equal(val, bench.windows("wiki/validation", 8))
+    val_rows = {tuple(r.tolist()) for r in val.unfold(1, 32, 32).reshape(-1, 32)}
+    test_rows = {tuple(r.tolist()) for r in test.unfold(1, 32, 32).reshape(-1, 32)}
+    assert not val_rows & test_rows
+
+
+def test_ptb_and_c4_builtin():
+    ptb = data.load_text("ptb/test")
+    assert len(ptb.split()) + ptb.count("\n") == 82430  # words plus one end-of-sentence per line
+    assert len(data.load_text("c4/train").split()) > 200_000

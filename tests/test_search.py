@@ -1,0 +1,85 @@
+"""The search engine on the real model: seeds, random genomes, kill-and-resume, split hygiene."""
+import json
+import random
+
+import pytest
+import torch
+
+from dsa import checkpoint, evolution, runner
+from dsa.allocate import baseline_ratios
+from dsa.evolution import Search, SearchConfig, SearchState
+from dsa.function import from_root, to_names
+from dsa.genome import SEEDS, seed_names
+
+TINY = SearchConfig(population=4, offspring=4, promote=1, generations=2, fitness_windows=2, screen_windows=1, seed=3)
+
+
+def tiny_run_config(tmp_path, name):
+    return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name,
+                            results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
+                            search=TINY)
+
+
+@pytest.mark.parametrize("method", SEEDS)
+def test_seeds_reproduce_baselines(bench, method):
+    search = Search(SearchConfig(), bench.sizes, len(bench.blocks), runner.block_mats_of(bench), evaluator=None)
+    ratios = search.ratios_of(search.individual(seed_names(method)))
+    expected, _ = baseline_ratios(method, bench, 0.7)
+    assert ratios == expected
+
+
+def test_random_genomes_never_crash(bench):
+    """Hundreds of random functions (tree-shaped ones too) on crops of the real block matrices."""
+    def cropped(operand, index):
+        return [m[:48, :64] for m in runner.block_mats_of(bench)(operand, index)]
+
+    search = Search(SearchConfig(arithmetic=True), bench.sizes, len(bench.blocks), cropped, evaluator=None)
+    random.seed(0)
+    valid = 0
+    for _ in range(300):
+        ind = search.random_individual()
+        ratios = search.ratios_of(ind)
+        if ratios is None:
+            continue
+        valid += 1
+        r = torch.tensor(ratios, dtype=torch.float64)
+        assert ((r >= 0) & (r < 1)).all()
+        assert abs(float((r * bench.sizes).sum() / bench.sizes.sum()) - 0.7) < 1e-6
+    assert valid > 200
+
+
+def test_function_json_round_trip(bench):
+    search = Search(SearchConfig(arithmetic=True), bench.sizes, len(bench.blocks), None, evaluator=None)
+    random.seed(1)
+    for _ in range(200):
+        ind = search.random_individual()
+        document = json.loads(json.dumps(from_root(search.root(ind))))
+        again = from_root(search.root(search.individual(to_names(document))))
+        assert again == document
+
+
+def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
+    seen = []
+    original = bench.windows
+    monkeypatch.setattr(bench, "windows", lambda text, count: seen.append(text) or original(text, count))
+
+    whole = runner.run(tiny_run_config(tmp_path, "whole"), bench=bench)
+    seen.clear()  # the finished run's report read the test split; the next run stops before its report
+    assert runner.run(tiny_run_config(tmp_path, "killed"), bench=bench, stop_after=1) is None
+    assert set(seen) == {"wiki/validation"}  # selection never touched a test split
+    document = checkpoint.load(tmp_path / "checkpoints" / "killed")
+    assert document["state"]["generation"] == 1
+    resumed = runner.run(runner.RunConfig.from_dict(document["run"]), state=SearchState(**document["state"]), bench=bench)
+
+    assert resumed["best"]["function"] == whole["best"]["function"]
+    assert resumed["best"]["val_ppl"] == whole["best"]["val_ppl"]
+    assert resumed["best"]["test_ppl"] == whole["best"]["test_ppl"]
+    assert resumed["history"] == whole["history"]
+    # The report: test numbers for the best function and every baseline; seeds are in the search.
+    assert set(whole["baselines"]) == {"uniform", "owl", "alphapruning"}
+    assert whole["best"]["val_ppl"] <= min(b["val_ppl"] for b in whole["baselines"].values()) + 1e-9
+    for key in ("evaluations", "cache_hits", "feature_cache_hits", "wall_s", "config"):
+        assert key in whole
+    out = tmp_path / "results" / "whole"
+    for name in ("best.json", "formula.txt", "ratios.csv", "report.json", "report.md", "convergence.png", "allocation.png"):
+        assert (out / name).stat().st_size > 0, name

@@ -10,6 +10,14 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def plot_allocations(ax, allocations: dict[str, list[float]], highlight: str | None = None) -> None:
+    """One line of per-block ratios per allocation."""
+    for name, ratios in allocations.items():
+        ax.plot(range(len(ratios)), ratios, marker=".", label=name, linewidth=2 if name == highlight else 1)
+    ax.set_xlabel("block")
+    ax.set_ylabel("sparsity ratio")
+
+
 def markdown_table(model: str, pruner: str, dense: dict[str, float], rows: list[dict]) -> str:
     texts = list(dense)
     header = f"{model}, {pruner}; dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense.items())
@@ -34,12 +42,8 @@ def write_comparison(out: Path, model: str, pruner: str, dense: dict[str, float]
     sparsities = sorted({s for _, s in allocations})
     fig, axes = plt.subplots(1, len(sparsities), figsize=(5 * len(sparsities), 3.6), squeeze=False)
     for ax, sparsity in zip(axes[0], sparsities):
-        for (method, s), ratios in allocations.items():
-            if s == sparsity:
-                ax.plot(range(len(ratios)), ratios, marker=".", label=method)
+        plot_allocations(ax, {method: r for (method, s), r in allocations.items() if s == sparsity})
         ax.set_title(f"{model} at {sparsity:.0%}")
-        ax.set_xlabel("block")
-        ax.set_ylabel("sparsity ratio")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "ratios.png", dpi=120)

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .comparison import plot_allocations
 from .function import describe
 
 
@@ -40,10 +41,7 @@ def _plots(out: Path, history: list[dict], baseline_val: dict[str, float], alloc
     fig.savefig(out / "convergence.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, ratios in allocations.items():
-        ax.plot(range(len(ratios)), ratios, marker=".", label=name, linewidth=2 if name == "best" else 1)
-    ax.set_xlabel("block")
-    ax.set_ylabel("sparsity ratio")
+    plot_allocations(ax, allocations, highlight="best")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "allocation.png", dpi=120)
@@ -74,7 +72,7 @@ def write_report(out: Path, function: dict, allocations: dict[str, list[float]],
         lines.append(f"| {name} | {val[name]:.3f} | " + " | ".join(f"{test[name][t]:.3f}" for t in texts) + " |")
     best_base = min((n for n in allocations if n != "best"), key=lambda n: test[n][texts[0]])
     gain = 100 * (1 - test["best"][texts[0]] / test[best_base][texts[0]])
-    lines += ["", f"On {texts[0]} the best function is {gain:+.1f}% lower in perplexity than the best baseline "
+    lines += ["", f"On {texts[0]} the best function is {gain:.1f}% lower in perplexity than the best baseline "
                   f"({best_base})." if gain > 0 else
               f"On {texts[0]} the best function is {-gain:.1f}% higher in perplexity than the best baseline ({best_base}).",
               "", f"evaluations {counters['evaluations']}, cache hits {counters['cache_hits']}, feature cache hits "

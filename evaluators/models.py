@@ -162,7 +162,7 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def _load_pretrained(source, local: bool, device, dtype):
+def _load_pretrained(source, local: bool, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def load(local_only: bool):
@@ -193,7 +193,7 @@ def _load_pretrained(source, local: bool, device, dtype):
 def load_model(spec: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     dev, torch_dtype = default_device_dtype(device, dtype)
     source, local = resolve(spec)
-    model, tokenizer = _load_pretrained(source, local, dev, torch_dtype)
+    model, tokenizer = _load_pretrained(source, local, torch_dtype)
     model.to(dev).eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, spec, find_blocks(model))

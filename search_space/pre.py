@@ -80,7 +80,8 @@ def _scaled(x):
     return x / s, mn / s, mx / s
 
 
-def zscore(x):
+def _normalised(x, finish):
+    """Empty -> empty, constant (or all-zero) -> zeros, else finish(x / max|x|, min, max)."""
     x = _f32(x)
     if x.numel() == 0:
         return x.clone()
@@ -90,21 +91,20 @@ def zscore(x):
     y, mn, mx = scaled
     if mx - mn <= SPREAD_EPS:  # constant up to float32 precision (also false for nan)
         return y.zero_()
+    return finish(y, mn, mx)
+
+
+def _standardise(y, mn, mx):
     std, mean = torch.std_mean(y, correction=0)
     return y.sub_(mean).div_(std)
 
 
+def zscore(x):
+    return _normalised(x, _standardise)
+
+
 def minmax(x):
-    x = _f32(x)
-    if x.numel() == 0:
-        return x.clone()
-    scaled = _scaled(x)
-    if scaled is None:
-        return torch.zeros_like(x)
-    y, mn, mx = scaled
-    if mx - mn <= SPREAD_EPS:
-        return y.zero_()
-    return y.sub_(mn).div_(mx - mn)
+    return _normalised(x, lambda y, mn, mx: y.sub_(mn).div_(mx - mn))
 
 
 def _sigmoid_sym(x):

@@ -83,3 +83,14 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
     out = tmp_path / "results" / "whole"
     for name in ("best.json", "formula.txt", "ratios.csv", "report.json", "report.md", "convergence.png", "allocation.png"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_kl_objective(dense_bench):
+    """KL to the dense model: zero for the dense allocation, positive and growing with sparsity."""
+    from dsa.fitness import LocalEvaluator
+
+    evaluator = LocalEvaluator(dense_bench, "wiki/validation", 1, objective="kl")
+    n = len(dense_bench.blocks)
+    dense, half, seventy = (evaluator.score(evaluator.losses([s] * n, [0])) for s in (0.0, 0.5, 0.7))
+    assert abs(dense) < 1e-4
+    assert 0 < half < seventy

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from dsa.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.comparison import write_comparison
+from dsa.function import describe
+from dsa.replay import function_ratios, load_function
+from dsa.runner import block_mats_of
 from evaluators.errors import UserError, exits_cleanly
 from evaluators.final import PRUNERS, WANDA_FORMS, evaluate, prune_model
 from evaluators.pruning import parse_structure
@@ -64,24 +67,32 @@ def _options(args) -> BaselineOptions:
     return BaselineOptions(args.owl_m, args.owl_lambda, args.alpha_eps, args.alpha_mode)
 
 
+def _ratios(args, bench, function):
+    if function is not None:
+        return function_ratios(function, block_mats_of(bench), len(bench.blocks), bench.sizes, args.sparsity)
+    return baseline_ratios(args.allocation, bench, args.sparsity, _options(args))
+
+
 def run(args) -> dict:
     nm = parse_structure(args.structure)
+    function = load_function(args.function) if args.function else None  # fail before loading a model
     start = time.perf_counter()
     bench = _bench(args)
-    ratios, metric = baseline_ratios(args.allocation, bench, args.sparsity, _options(args))
+    ratios, metric = _ratios(args, bench, function)
+    label = "function" if function is not None else args.allocation
     dense = evaluate(bench, args.eval, args.eval_windows, "dense")
     achieved = prune_model(bench, ratios, args.pruner, nm, args.wanda_form)
-    pruned = evaluate(bench, args.eval, args.eval_windows, args.allocation)
+    pruned = evaluate(bench, args.eval, args.eval_windows, label)
     report = {
         "model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
-        "structure": args.structure or "unstructured", "allocation": args.allocation,
+        "structure": args.structure or "unstructured", "allocation": label, "function": function,
         "options": vars(_options(args)), "sparsity": args.sparsity, "achieved_sparsity": achieved,
         "ratios": ratios, "block_metric": metric, "dense_ppl": dense, "ppl": pruned,
         "config": bench.config.as_dict() | {"eval_windows": args.eval_windows},
         "wall_s": round(time.perf_counter() - start, 1),
     }
     for text in args.eval:
-        print(f"{text}: dense {dense[text]:.3f}  {args.allocation}@{args.sparsity:g} {pruned[text]:.3f}")
+        print(f"{text}: dense {dense[text]:.3f}  {label}@{args.sparsity:g} {pruned[text]:.3f}")
     print(f"achieved sparsity {achieved:.5f} (target {args.sparsity})")
     if args.json:
         path = Path(args.json)
@@ -111,12 +122,27 @@ def compare(args) -> None:
     print(f"written to {out}/ (table.md, table.csv, ratios.png)")
 
 
+def show(args) -> None:
+    function = load_function(args.file)
+    stages = {k: function[k] for k in ("importance", "transform", "post", "map") if k in function}
+    print("stages:", json.dumps(stages))
+    print(describe(function))
+    if args.model:
+        bench = _bench(args)
+        ratios, values = function_ratios(function, block_mats_of(bench), len(bench.blocks), bench.sizes, args.sparsity)
+        print(f"\n{args.model} at {args.sparsity:g}:\nblock  importance  ratio")
+        for index, (value, ratio) in enumerate(zip(values, ratios)):
+            print(f"{index:5d}  {value:10.4g}  {ratio:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     prune = sub.add_parser("run", help="prune with one allocation and evaluate (the default command)")
     _common(prune)
-    prune.add_argument("--allocation", choices=METHODS, default="uniform", help="allocation method (default: %(default)s)")
+    chosen = prune.add_mutually_exclusive_group()
+    chosen.add_argument("--allocation", choices=METHODS, default="uniform", help="allocation method (default: %(default)s)")
+    chosen.add_argument("--function", default=None, metavar="FILE", help="a discovered function (results/<run>/best.json)")
     prune.add_argument("--sparsity", type=_sparsity, default=0.5, help="global sparsity in (0, 1) (default: %(default)s)")
     prune.add_argument("--json", default=None, help="write the JSON report here")
     table = sub.add_parser("compare", help="table of allocations x sparsities (markdown, CSV, ratio plot)")
@@ -124,16 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--sparsity", type=_sparsity, nargs="+", default=[0.5, 0.6, 0.7])
     table.add_argument("--allocations", nargs="+", choices=METHODS, default=list(METHODS))
     table.add_argument("--out", default=None, help="output directory (default: results/compare-MODEL-PRUNER)")
+    inspect = sub.add_parser("show", help="a function file's formula; with --model, its per-block values and ratios")
+    inspect.add_argument("file")
+    _common(inspect)
+    inspect.set_defaults(model=None)
+    inspect.add_argument("--sparsity", type=_sparsity, default=0.7, help="(default: %(default)s)")
     return parser
 
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "compare", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "compare", "show", "-h", "--help"):
         argv.insert(0, "run")  # `apply.py --model ...` means `apply.py run --model ...`
     args = build_parser().parse_args(argv)
-    {"run": run, "compare": compare}[args.command](args)
+    {"run": run, "compare": compare, "show": show}[args.command](args)
 
 
 if __name__ == "__main__":

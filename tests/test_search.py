@@ -10,6 +10,7 @@ from dsa.allocate import baseline_ratios
 from dsa.evolution import Search, SearchConfig, SearchState
 from dsa.function import from_root, to_names
 from dsa.genome import SEEDS, seed_names
+from dsa.replay import function_ratios, load_function
 
 TINY = SearchConfig(population=4, offspring=4, promote=1, generations=2, fitness_windows=2, screen_windows=1, seed=3)
 
@@ -81,6 +82,10 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
     for key in ("evaluations", "cache_hits", "feature_cache_hits", "wall_s", "config"):
         assert key in whole
     out = tmp_path / "results" / "whole"
+    # The exported function file replays to exactly the ratios the search found.
+    replayed, _ = function_ratios(load_function(out / "best.json"), runner.block_mats_of(bench),
+                                  len(bench.blocks), bench.sizes, TINY.sparsity)
+    assert replayed == whole["best"]["ratios"]
     for name in ("best.json", "formula.txt", "ratios.csv", "report.json", "report.md", "convergence.png", "allocation.png"):
         assert (out / name).stat().st_size > 0, name
 

@@ -1,0 +1,39 @@
+"""Replay a function file on any loaded model: validated JSON -> genome -> per-block ratios."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evaluators.errors import UserError
+
+from .function import MAX_FILE_BYTES, FunctionError, to_names
+from .genome import build_pset
+from .pipeline import FeatureMemo, allocation_ratios, block_values, parse
+
+_PSET = build_pset(arithmetic=True)  # a superset: accepts linear and tree-shaped functions
+
+
+def load_function(path) -> dict:
+    """Read and validate a function file; every problem becomes a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file: {path}")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise UserError(f"{path} is larger than {MAX_FILE_BYTES} bytes; not a function file")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        to_names(document)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and FunctionError are ValueErrors
+        kind = "invalid function" if isinstance(err, FunctionError) else "not valid JSON"
+        raise UserError(f"{path}: {kind}: {err}")
+    return document
+
+
+def function_ratios(document: dict, block_mats, n_blocks: int, sizes, sparsity: float):
+    """(ratios, per-block importance values before the map) of a validated function."""
+    names = to_names(document)
+    root = parse(names, lambda name: _PSET.mapping[name].arity)
+    memo = FeatureMemo(block_mats, n_blocks)
+    ratios = allocation_ratios(root, memo, sizes, sparsity)
+    values = block_values(root.children[0], memo)
+    return ratios.tolist(), [float(v) for v in values]

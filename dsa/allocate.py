@@ -29,7 +29,7 @@ def block_alphas(bench: Workbench, mode: str = "peak") -> torch.Tensor:
     """Mean PL_Alpha_Hill per block; the SVDs run once per model and are cached as JSON."""
     from search_space.reduction import block_alpha
 
-    path = cache_dir() / "spectra" / f"{bench.loaded.fingerprint()}-{mode}.json"
+    path = cache_dir() / "spectra" / f"{bench.loaded.fingerprint}-{mode}.json"
     if path.exists():
         try:
             return torch.tensor(json.loads(path.read_text())["alphas"], dtype=torch.float64)

@@ -27,7 +27,7 @@ def layer_key(block_index: int, name: str) -> str:
 
 
 def cache_key(loaded: LoadedModel, *parts) -> str:
-    text = "|".join([loaded.fingerprint(), *map(str, parts)])
+    text = "|".join([loaded.fingerprint, *map(str, parts)])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

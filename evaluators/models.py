@@ -1,6 +1,7 @@
 """Load a causal LM (built-in alias, hub id, local HF directory or .gguf file) and find its blocks."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -41,8 +42,12 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Cheap identity of the weights: a strided sample of every prunable matrix."""
+        """Identity of the dense weights (a strided sample of every prunable matrix).
+
+        Taken once, at load, so cache keys stay those of the dense model while it is pruned.
+        """
         digest = hashlib.sha256(self.name.encode())
         for block in self.blocks:
             for name, layer in block.linears.items():
@@ -196,4 +201,6 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None) -
     model, tokenizer = _load_pretrained(source, local, torch_dtype)
     model.to(dev).eval()
     model.requires_grad_(False)
-    return LoadedModel(model, tokenizer, spec, find_blocks(model))
+    loaded = LoadedModel(model, tokenizer, spec, find_blocks(model))
+    loaded.fingerprint  # noqa: B018 - fixed now, while the weights are dense
+    return loaded

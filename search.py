@@ -1,7 +1,7 @@
 """Search for a layer-wise sparsity allocation function (DSA) by genetic programming.
 
-  python search.py                          # smollm2-135m, Wanda, 70 %, ~10 min on 2 CPU cores
-  python search.py --resume checkpoints/run # continue a killed run from its last generation
+  python search.py                           # smollm2-135m, Wanda, 70 %, ~9 min on 2 CPU cores
+  python search.py --resume checkpoints/NAME  # continue a killed run from its last generation
 
 Fitness is perplexity on validation windows; the report (results/<name>/) evaluates the best
 function and the uniform, OWL and AlphaPruning baselines on the test texts.

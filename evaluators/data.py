@@ -108,11 +108,9 @@ def token_windows(tokenizer, name: str, seqlen: int, count: int) -> torch.Tensor
     return windows
 
 
-_TOKEN_CACHE: dict[tuple[int, str], list[int]] = {}
-
-
 def _token_ids(tokenizer, name: str) -> list[int]:
-    key = (id(tokenizer), name)
-    if key not in _TOKEN_CACHE:
-        _TOKEN_CACHE[key] = tokenizer(load_text(name), add_special_tokens=False).input_ids
-    return _TOKEN_CACHE[key]
+    # Cached on the tokenizer itself, so a cache entry can never outlive or mix up tokenizers.
+    cache = tokenizer.__dict__.setdefault("_dsa_token_ids", {})
+    if name not in cache:
+        cache[name] = tokenizer(load_text(name), add_special_tokens=False).input_ids
+    return cache[name]

@@ -1,7 +1,10 @@
 """Prune a model with a sparsity allocation and evaluate it; compare allocations in one table.
 
   python apply.py --model smollm2-135m --allocation owl --sparsity 0.7 --json results/owl70.json
+  python apply.py --function results/run/best.json --sparsity 0.7 --save pruned/ --eval-zero-shot standard
   python apply.py compare --sparsity 0.5 0.6 0.7 --allocations uniform owl alphapruning
+  python apply.py show results/run/best.json
+  python apply.py diff a.json b.json --model smollm2-135m
 """
 from __future__ import annotations
 
@@ -13,13 +16,15 @@ from pathlib import Path
 
 from dsa.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.comparison import write_comparison
-from dsa.function import describe
+from dsa.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
+from dsa.function import describe, importance_expr, map_of, same_formula
 from dsa.replay import function_ratios, load_function
-from dsa.runner import block_mats_of
+from dsa.worker import block_mats_of
 from evaluators.errors import UserError, exits_cleanly
 from evaluators.final import PRUNERS, WANDA_FORMS, evaluate, prune_model
 from evaluators.pruning import parse_structure
 from evaluators.workbench import BenchConfig, Workbench
+from evaluators.zeroshot import ZeroShot
 
 DEFAULT_EVAL = ["wiki/validation", "wiki/test"]
 
@@ -73,27 +78,92 @@ def _ratios(args, bench, function):
     return baseline_ratios(args.allocation, bench, args.sparsity, _options(args))
 
 
+def _check_before_loading(args):
+    """Everything a user can get wrong without a model fails here, in seconds, before any pruning."""
+    function = load_function(args.function) if args.function else None
+    if args.save:
+        check_save_dir(args.save)
+    if args.export_llmcompressor:
+        check_exportable(args.pruner)
+    if not args.eval_zero_shot:
+        if args.tasks_dir or args.zero_shot_limit:
+            raise UserError("--tasks-dir and --zero-shot-limit go with --eval-zero-shot")
+        return function, None
+    return function, ZeroShot(args.eval_zero_shot, args.tasks_dir or (), args.zero_shot_limit, args.batch_size)
+
+
+def _prune_and_measure(bench, args, ratios, nm, label: str, zero_shot) -> dict:
+    achieved = prune_model(bench, ratios, args.pruner, nm, args.wanda_form)
+    result = {"ratios": ratios, "achieved_sparsity": achieved,
+              "ppl": evaluate(bench, args.eval, args.eval_windows, label)}
+    if zero_shot is not None:
+        result["zero_shot"] = zero_shot.evaluate(bench.loaded.model, bench.loaded.tokenizer)
+    return result
+
+
+def _zero_shot_lines(results: dict[str, dict], label: str) -> list[str]:
+    lines = []
+    for task, metrics in results[label].items():
+        shown = [m for m in ("acc", "acc_norm") if m in metrics] or [m for m in metrics if m != "samples"][:2]
+        for metric in shown:
+            values = "  ".join(f"{name} {res[task][metric]:.4f}" for name, res in results.items() if task in res)
+            lines.append(f"zero-shot {task} {metric}: {values}  ({int(metrics.get('samples', 0))} docs)")
+    return lines
+
+
 def run(args) -> dict:
     nm = parse_structure(args.structure)
-    function = load_function(args.function) if args.function else None  # fail before loading a model
+    function, zero_shot = _check_before_loading(args)
     start = time.perf_counter()
     bench = _bench(args)
     ratios, metric = _ratios(args, bench, function)
     label = "function" if function is not None else args.allocation
     dense = evaluate(bench, args.eval, args.eval_windows, "dense")
-    achieved = prune_model(bench, ratios, args.pruner, nm, args.wanda_form)
-    pruned = evaluate(bench, args.eval, args.eval_windows, label)
+    uniform = None
+    if function is not None and not args.no_uniform:
+        if nm:
+            print(f"note: {args.structure} prunes every block {args.structure} whatever the ratios; "
+                  "no uniform comparison", file=sys.stderr)
+        else:
+            uniform_ratios, _ = baseline_ratios("uniform", bench, args.sparsity, _options(args))
+            uniform = _prune_and_measure(bench, args, uniform_ratios, nm, "uniform", zero_shot)
+    result = _prune_and_measure(bench, args, ratios, nm, label, zero_shot)  # the model stays in this state
     report = {
         "model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
         "structure": args.structure or "unstructured", "allocation": label, "function": function,
-        "options": vars(_options(args)), "sparsity": args.sparsity, "achieved_sparsity": achieved,
-        "ratios": ratios, "block_metric": metric, "dense_ppl": dense, "ppl": pruned,
+        "options": vars(_options(args)), "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
+        "ratios": ratios, "block_metric": metric, "dense_ppl": dense, "ppl": result["ppl"],
+        "uniform_ppl": uniform["ppl"] if uniform else None,
+        "uniform": {k: uniform[k] for k in ("achieved_sparsity", "ratios")} if uniform else None,
+        "zero_shot": result.get("zero_shot"),
+        "uniform_zero_shot": uniform.get("zero_shot") if uniform else None,
         "config": bench.config.as_dict() | {"eval_windows": args.eval_windows},
-        "wall_s": round(time.perf_counter() - start, 1),
     }
     for text in args.eval:
-        print(f"{text}: dense {dense[text]:.3f}  {label}@{args.sparsity:g} {pruned[text]:.3f}")
-    print(f"achieved sparsity {achieved:.5f} (target {args.sparsity})")
+        versus = f"  uniform@{args.sparsity:g} {uniform['ppl'][text]:.3f}" if uniform else ""
+        print(f"{text}: dense {dense[text]:.3f}{versus}  {label}@{args.sparsity:g} {result['ppl'][text]:.3f}")
+    if zero_shot is not None:
+        runs = ({"uniform": uniform["zero_shot"]} if uniform else {}) | {label: result["zero_shot"]}
+        print("\n".join(_zero_shot_lines(runs, label)))
+    print(f"achieved sparsity {result['achieved_sparsity']:.5f} (target {args.sparsity})")
+    block_names = [block.name for block in bench.blocks]
+    if args.save:
+        info = {"format": "dsa-pruned", "version": 1, "source_model": args.model, "allocation": label,
+                "function": function, "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
+                "ratios": ratios, "block_names": block_names, "pruner": args.pruner, "wanda_form": args.wanda_form,
+                "structure": args.structure or "unstructured",
+                "data": {k: bench.config.as_dict()[k] for k in ("calib_text", "calib_windows", "seqlen")},
+                "ppl": result["ppl"], "eval_windows": args.eval_windows}
+        report["saved_to"] = str(save_pruned(bench.loaded, args.save, info))
+        print(f"pruned model saved to {args.save} (AutoModelForCausalLM.from_pretrained loads it)")
+    if args.export_llmcompressor:
+        recipe = llmcompressor_recipe(block_names, ratios, args.pruner, nm)
+        header = [f"dsa allocation for {args.model}: {label} at sparsity {args.sparsity:g}, "
+                  f"{args.pruner}, {args.structure or 'unstructured'}",
+                  "one sparsity per decoder block, in model order (llm-compressor's oneshot(model, recipe=...))"]
+        report["llmcompressor_recipe"] = str(write_recipe(args.export_llmcompressor, recipe, header))
+        print(f"llm-compressor recipe written to {args.export_llmcompressor}")
+    report["wall_s"] = round(time.perf_counter() - start, 1)
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +205,28 @@ def show(args) -> None:
             print(f"{index:5d}  {value:10.4g}  {ratio:.4f}")
 
 
+def diff(args) -> bool:
+    """Same formula (sympy)? With --model: same ratios on that model? True when both hold."""
+    first, second = load_function(args.a), load_function(args.b)
+    for tag, function in (("A", first), ("B", second)):
+        kind, value = map_of(function)
+        print(f"{tag}: importance = {importance_expr(function)}; map {kind} {value:g}")
+    same, how = same_formula(first, second)
+    print(f"same formula: {'yes' if same else 'no'} ({how})")
+    if not args.model:
+        return same
+    bench = _bench(args)
+    mats = block_mats_of(bench)
+    ratios_a, _ = function_ratios(first, mats, len(bench.blocks), bench.sizes, args.sparsity)
+    ratios_b, _ = function_ratios(second, mats, len(bench.blocks), bench.sizes, args.sparsity)
+    gaps = [abs(x - y) for x, y in zip(ratios_a, ratios_b)]
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    same_ratios = gaps[worst] <= args.tolerance
+    print(f"same ratios on {args.model} at {args.sparsity:g}: {'yes' if same_ratios else 'no'} "
+          f"(largest difference {gaps[worst]:.3g} at block {worst}, tolerance {args.tolerance:g})")
+    return same and same_ratios
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -145,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--function", default=None, metavar="FILE", help="a discovered function (results/<run>/best.json)")
     prune.add_argument("--sparsity", type=_sparsity, default=0.5, help="global sparsity in (0, 1) (default: %(default)s)")
     prune.add_argument("--json", default=None, help="write the JSON report here")
+    prune.add_argument("--no-uniform", action="store_true",
+                       help="with --function: skip pruning with uniform ratios for comparison")
+    prune.add_argument("--save", default=None, metavar="DIR",
+                       help="save the pruned model (safetensors), its tokenizer and dsa.json here")
+    prune.add_argument("--export-llmcompressor", default=None, metavar="FILE",
+                       help="write an llm-compressor recipe (YAML, or JSON for *.json) with one sparsity per block")
+    prune.add_argument("--eval-zero-shot", nargs="+", default=None, metavar="TASKS",
+                       help="lm-eval tasks (names or comma lists; 'standard' = boolq rte hellaswag winogrande "
+                            "arc_easy arc_challenge openbookqa) for zero-shot accuracy")
+    prune.add_argument("--tasks-dir", action="append", default=None, metavar="DIR",
+                       help="a directory of local lm-eval task YAMLs (repeatable)")
+    prune.add_argument("--zero-shot-limit", type=int, default=None, metavar="N",
+                       help="evaluate only the first N documents of each task (quick checks)")
     table = sub.add_parser("compare", help="table of allocations x sparsities (markdown, CSV, ratio plot)")
     _common(table)
     table.add_argument("--sparsity", type=_sparsity, nargs="+", default=[0.5, 0.6, 0.7])
@@ -155,15 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(inspect)
     inspect.set_defaults(model=None)
     inspect.add_argument("--sparsity", type=_sparsity, default=0.7, help="(default: %(default)s)")
+    differ = sub.add_parser("diff", help="are two function files the same formula, and (with --model) the same ratios?")
+    differ.add_argument("a")
+    differ.add_argument("b")
+    _common(differ)
+    differ.set_defaults(model=None)
+    differ.add_argument("--sparsity", type=_sparsity, default=0.7, help="(default: %(default)s)")
+    differ.add_argument("--tolerance", type=float, default=1e-6,
+                        help="largest ratio difference that counts as the same (default: %(default)s)")
     return parser
 
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "compare", "show", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "compare", "show", "diff", "-h", "--help"):
         argv.insert(0, "run")  # `apply.py --model ...` means `apply.py run --model ...`
     args = build_parser().parse_args(argv)
+    if args.command == "diff":
+        sys.exit(0 if diff(args) else 1)  # as diff(1): 0 the same, 1 different, 2 an error
     {"run": run, "compare": compare, "show": show}[args.command](args)
 
 

@@ -2,6 +2,7 @@
 
   python search.py                           # smollm2-135m, Wanda, 70 %, ~9 min on 2 CPU cores
   python search.py --resume checkpoints/NAME  # continue a killed run from its last generation
+  python search.py --address auto --workers 8 # on a running Ray cluster (ray start --head ...)
 
 Fitness is perplexity on validation windows; the report (results/<name>/) evaluates the best
 function and the uniform, OWL and AlphaPruning baselines on the test texts.
@@ -33,6 +34,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
     return value
 
 
@@ -74,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: %(default)s)")
     e.add_argument("--arithmetic", action="store_true", help="allow reductions joined by + - * / (beyond DSA)")
     e.add_argument("--random-search", action="store_true", help="random functions instead of evolution, same budget")
+    w = p.add_argument_group("workers (Ray)", "Candidates are evaluated by Ray actors that each hold the model; only ratio\n"
+                              "vectors and numbers travel. A dead worker is restarted and its candidates re-run.")
+    w.add_argument("--workers", type=_count, default=None, metavar="N",
+                   help="evaluation workers: N actors, or 0 to evaluate in this process without Ray "
+                        "(default: one per GPU, else one actor using all CPU cores)")
+    w.add_argument("--address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster: 'auto' (this machine's `ray start` cluster) or HOST:PORT of "
+                        "its head; default: start an embedded local Ray for this run")
     o = p.add_argument_group("output")
     o.add_argument("--name", default=None, help="run name (default: a timestamp)")
     o.add_argument("--results-dir", default=r.results_dir, help="(default: %(default)s)")
@@ -126,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
     else:
         config, state = config_from_args(args), None
-    report = run(config, state)
+    if args.workers == 0 and args.address:
+        raise UserError("--address needs Ray workers; drop --workers 0")
+    report = run(config, state, workers=args.workers, address=args.address)
     out = Path(config.results_dir) / config.name
     best, base = report["best"], report["baselines"]
     texts = list(best["test_ppl"])
@@ -135,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, entry in [("best", best), *base.items()]:
         print(f"{name:>13}: validation {entry['val_ppl']:.3f}  " +
               "  ".join(f"{t} {entry['test_ppl'][t]:.3f}" for t in texts))
-    print(json.dumps({k: report[k] for k in ("evaluations", "cache_hits", "feature_cache_hits", "wall_s")}))
+    print(json.dumps({k: report[k] for k in ("evaluations", "cache_hits", "feature_cache_hits", "wall_s", "workers")}))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dsa import runner  # noqa: E402
 from dsa.evolution import Search, SearchConfig  # noqa: E402
 from dsa.fitness import LocalEvaluator  # noqa: E402
+from dsa.worker import features_of  # noqa: E402
 from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main():
     args = parser.parse_args()
     bench = Workbench(BenchConfig(model=args.model))
     evaluator = LocalEvaluator(bench, "wiki/validation", 4)
-    search = Search(SearchConfig(), bench.sizes, len(bench.blocks), runner.block_mats_of(bench), evaluator)
+    search = Search(SearchConfig(), bench.sizes, features_of(bench), evaluator)
     random.seed(0)
     # Functions whose features are already memoised, as in a running search.
     pool = [search.random_individual() for _ in range(40)]

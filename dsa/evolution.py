@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -66,9 +67,30 @@ class SearchState:
     rng: list | None = None
 
 
+def one_point_crossover(ind1, ind2):
+    """DEAP's gp.cxOnePoint (swap two subtrees of one node type), with the types in a fixed order.
+
+    DEAP draws the type from a set of classes, whose order follows memory addresses: the same
+    seed bred different offspring in different processes. Sorting by name makes runs repeatable.
+    """
+    if len(ind1) < 2 or len(ind2) < 2:
+        return ind1, ind2
+    types1, types2 = defaultdict(list), defaultdict(list)
+    for index, node in enumerate(ind1[1:], 1):
+        types1[node.ret].append(index)
+    for index, node in enumerate(ind2[1:], 1):
+        types2[node.ret].append(index)
+    common = sorted(set(types1) & set(types2), key=lambda t: t.__name__)
+    if common:
+        kind = random.choice(common)
+        slice1 = ind1.searchSubtree(random.choice(types1[kind]))
+        slice2 = ind2.searchSubtree(random.choice(types2[kind]))
+        ind1[slice1], ind2[slice2] = ind2[slice2], ind1[slice1]
+    return ind1, ind2
+
+
 class Search:
-    def __init__(self, config: SearchConfig, sizes, n_blocks: int,
-                 block_mats: Callable, evaluator, state: SearchState | None = None,
+    def __init__(self, config: SearchConfig, sizes, features: Callable, evaluator, state: SearchState | None = None,
                  checkpoint_dir=None, extra: dict | None = None):
         if not 1 <= config.screen_windows <= config.fitness_windows:
             raise ValueError("screen_windows must be between 1 and fitness_windows")
@@ -76,7 +98,7 @@ class Search:
         self.sizes = sizes
         self.evaluator = evaluator
         self.pset = build_pset(config.arithmetic)
-        self.memo = FeatureMemo(block_mats, n_blocks)
+        self.memo = FeatureMemo(features)
         self.state = state or SearchState()
         self.memo.values = self.state.features
         self.checkpoint_dir = checkpoint_dir
@@ -88,7 +110,7 @@ class Search:
         toolbox = base.Toolbox()
         toolbox.register("expr", random_subtree, arith_prob=0.2 if self.config.arithmetic else 0.0)
         toolbox.register("select", tools.selTournament, tournsize=self.config.tournament)
-        toolbox.register("mate", gp.cxOnePoint)
+        toolbox.register("mate", one_point_crossover)
         limit = gp.staticLimit(key=lambda ind: ind.height, max_value=20)
         toolbox.decorate("mate", limit)
         return toolbox
@@ -123,22 +145,30 @@ class Search:
         return result
 
     # ---- fitness -----------------------------------------------------------------------------
-    def _losses_for(self, ratios, count: int) -> list[float]:
-        """Losses of the first `count` windows, evaluating only the ones not cached yet."""
-        key = ratio_key(ratios)
-        known = self.state.losses.setdefault(key, {})
-        missing = [i for i in range(count) if str(i) not in known]
-        if missing:
-            for index, loss in zip(missing, self.evaluator.losses(ratios, missing)):
-                known[str(index)] = loss
+    def fitness(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
+        """Fitness of each allocation on its first `count` windows, as one batch for the workers.
+
+        Only windows not cached yet are evaluated; an allocation requested twice (or already
+        known) is a cache hit.
+        """
+        jobs = {}
+        for ratios in allocations:
+            key = ratio_key(ratios)
+            known = self.state.losses.setdefault(key, {})
+            missing = [i for i in range(count) if str(i) not in known]
+            if missing and key not in jobs:
+                jobs[key] = (ratios, missing)
+            else:
+                self.state.cache_hits += 1
+        for (key, (_, missing)), losses in zip(jobs.items(), self.evaluator.losses_many(list(jobs.values()), desc)):
+            self.state.losses[key].update({str(i): loss for i, loss in zip(missing, losses)})
             self.state.evaluations += 1
             self.state.windows_evaluated += len(missing)
-        else:
-            self.state.cache_hits += 1
-        return [known[str(i)] for i in range(count)]
+        return [self.evaluator.score([self.state.losses[ratio_key(r)][str(i)] for i in range(count)])
+                for r in allocations]
 
     def full_fitness(self, ratios) -> float:
-        return self.evaluator.score(self._losses_for(ratios, self.config.fitness_windows))
+        return self.fitness([ratios], self.config.fitness_windows)[0]
 
     def _assign(self, ind, value: float) -> None:
         ind.fitness.values = (value,)
@@ -149,11 +179,14 @@ class Search:
         population = [self.individual(seed_names(name)) for name in SEEDS]
         while len(population) < max(self.config.population, len(SEEDS)):
             population.append(self.random_individual())
-        for ind in tqdm(population, desc="initial population", leave=False):
-            ratios = self.ratios_of(ind)
-            if ratios is None:
-                self.state.invalid += 1
-            self._assign(ind, PENALTY if ratios is None else self.full_fitness(ratios))
+        allocations = [self.ratios_of(ind) for ind in population]
+        self.state.invalid += allocations.count(None)
+        valid = [(ind, ratios) for ind, ratios in zip(population, allocations) if ratios is not None]
+        values = self.fitness([r for _, r in valid], self.config.fitness_windows, "initial population")
+        for ind in population:
+            self._assign(ind, PENALTY)
+        for (ind, _), value in zip(valid, values):
+            self._assign(ind, value)
         self.population = population
         self.hof = tools.HallOfFame(self.config.hall_of_fame)
         self.hof.update(population)
@@ -176,27 +209,27 @@ class Search:
     def generation(self) -> None:
         cfg = self.config
         offspring = self._variation()
-        screened = []
+        valid = []
         for ind in offspring:
             ratios = self.ratios_of(ind)
             if ratios is None:
                 self.state.invalid += 1
                 self._assign(ind, PENALTY)
-                continue
-            losses = self._losses_for(ratios, cfg.screen_windows)
-            screened.append((self.evaluator.score(losses), ratio_key(ratios), ind, ratios))
+            else:
+                valid.append((ind, ratios))
+        screen = self.fitness([r for _, r in valid], cfg.screen_windows, "screening")
+        screened = sorted(((value, ratio_key(r), ind, r) for value, (ind, r) in zip(screen, valid)),
+                          key=lambda item: item[0])
         # Promote the best distinct allocations to the full fitness budget.
-        screened.sort(key=lambda item: item[0])
         promoted_keys = []
         for _, key, _, _ in screened:
             if key not in promoted_keys and len(promoted_keys) < cfg.promote:
                 promoted_keys.append(key)
-        completed = []
-        for _, key, ind, ratios in screened:
-            full_known = all(str(i) in self.state.losses[key] for i in range(cfg.fitness_windows))
-            if key in promoted_keys or full_known:
-                self._assign(ind, self.full_fitness(ratios))
-                completed.append(ind)
+        chosen = [(ind, ratios) for _, key, ind, ratios in screened
+                  if key in promoted_keys or all(str(i) in self.state.losses[key] for i in range(cfg.fitness_windows))]
+        for (ind, _), value in zip(chosen, self.fitness([r for _, r in chosen], cfg.fitness_windows, "completing")):
+            self._assign(ind, value)
+        completed = [ind for ind, _ in chosen]
         # (mu + lambda) survival among distinct allocations.
         pool, seen = [], set()
         for ind in sorted(self.population + completed, key=lambda i: i.fitness.values[0]):

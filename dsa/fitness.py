@@ -54,7 +54,29 @@ class LocalEvaluator:
         return out
 
     def score(self, window_losses: Sequence[float]) -> float:
-        """Perplexity (or mean KL per token) over the given windows' losses."""
-        tokens = len(window_losses) * (self.windows.shape[1] - 1)
-        mean = sum(window_losses) / tokens
-        return math.exp(mean) if self.objective == "ppl" else mean
+        return score(window_losses, self.windows.shape[1] - 1, self.objective)
+
+
+def score(window_losses: Sequence[float], tokens_per_window: int, objective: str) -> float:
+    """Perplexity (or mean KL per token) over the given windows' losses."""
+    mean = sum(window_losses) / (len(window_losses) * tokens_per_window)
+    return math.exp(mean) if objective == "ppl" else mean
+
+
+class PoolEvaluator:
+    """The search's view of fitness: batches of (ratios, window indices) sent to a worker pool.
+
+    Only ratio vectors go out and per-window losses come back; the pool runs the batch on its
+    workers in parallel (or in this process).
+    """
+
+    def __init__(self, pool, tokens_per_window: int, objective: str):
+        self.pool = pool
+        self.tokens_per_window = tokens_per_window
+        self.objective = objective
+
+    def losses_many(self, jobs: list[tuple[list[float], list[int]]], desc: str | None = None) -> list[list[float]]:
+        return self.pool.map("losses", jobs, desc)
+
+    def score(self, window_losses: Sequence[float]) -> float:
+        return score(window_losses, self.tokens_per_window, self.objective)

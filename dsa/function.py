@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import sympy
+from sympy.core.function import AppliedUndef
 
 from search_space import post, pre, reduction, transform
 
@@ -31,10 +32,22 @@ def _expect(condition: bool, message: str) -> None:
         raise FunctionError(message)
 
 
+def _show(value, limit: int = 40) -> str:
+    """repr() cut to `limit` characters: messages stay one short line whatever a file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name_in(value, names, what: str) -> str:
+    """`value` if it is one of the known op names (strings only: no hashing of odd JSON types)."""
+    _expect(isinstance(value, str) and value in names, f"unknown {what} {_show(value)}")
+    return value
+
+
 def _op_list(value, registry: dict, stage: str) -> list[str]:
     _expect(isinstance(value, list) and len(value) <= 2, f"{stage} must be a list of at most 2 op names")
     for name in value:
-        _expect(isinstance(name, str) and name in registry, f"unknown {stage} op {name!r}")
+        _name_in(name, registry, f"{stage} op")
     return [n for n in value if n != "noop"]
 
 
@@ -43,19 +56,21 @@ def _importance_names(node, depth: int = 0) -> list[str]:
     if "op" in node:
         _expect(depth < MAX_ARITHMETIC_DEPTH, f"importance nests deeper than {MAX_ARITHMETIC_DEPTH} arithmetic ops")
         _expect(set(node) == {"op", "args"}, "arithmetic node takes exactly 'op' and 'args'")
-        _expect(node["op"] in ARITHMETIC, f"unknown arithmetic op {node['op']!r}")
+        _name_in(node["op"], ARITHMETIC, "arithmetic op")
         _expect(isinstance(node["args"], list) and len(node["args"]) == 2, "arithmetic needs two args")
         return [f"arith_{node['op']}", *_importance_names(node["args"][0], depth + 1),
                 *_importance_names(node["args"][1], depth + 1)]
     _expect(set(node) == {"operand", "pre", "reduction"}, "importance takes 'operand', 'pre', 'reduction'")
-    _expect(node["operand"] in OPERANDS, f"unknown operand {node['operand']!r}")
-    _expect(node["reduction"] in reduction.OPS, f"unknown reduction {node['reduction']!r}")
+    _name_in(node["operand"], OPERANDS, "operand")
+    _name_in(node["reduction"], reduction.OPS, "reduction")
     ops = _op_list(node["pre"], pre.OPS, "pre") + ["noop", "noop"]
     return [f"red_{node['reduction']}", f"pre2_{ops[1]}", f"pre1_{ops[0]}", node["operand"]]
 
 
 def _constant(mapping) -> str:
-    _expect(isinstance(mapping, dict) and set(mapping) == {"kind", "lambda" if mapping.get("kind") == "owl" else "eps"},
+    shapes = ({"kind", "lambda"}, {"kind", "eps"})
+    _expect(isinstance(mapping, dict) and mapping.get("kind") in ("owl", "alpha")
+            and set(mapping) == shapes[mapping["kind"] == "alpha"],
             "map must be {'kind': 'owl', 'lambda': x} or {'kind': 'alpha', 'eps': x}")
     kind = mapping["kind"]
     value = mapping["lambda" if kind == "owl" else "eps"]
@@ -70,11 +85,14 @@ def to_names(data) -> list[str]:
     """Validate a function document and return the genome's prefix list of names."""
     _expect(isinstance(data, dict), "a function file holds one JSON object")
     _expect(data.get("format") == FORMAT, f"'format' must be {FORMAT!r}")
-    _expect(data.get("version") == VERSION, f"unsupported version {data.get('version')!r} (this tool reads {VERSION})")
+    version = data.get("version")
+    _expect(type(version) is int and version == VERSION,
+            f"unsupported version {_show(version)} (this tool reads {VERSION})")
     allowed = {"format", "version", "importance", "transform", "post", "map", "meta"}
-    _expect(set(data) <= allowed, f"unknown fields {sorted(set(data) - allowed)}")
+    _expect(set(data) <= allowed, f"unknown fields {_show(sorted(set(data) - allowed), 80)}")
+    _expect(isinstance(data.get("meta", {}), dict), "meta must be an object")
     transforms = _op_list(data.get("transform", []), transform.OPS, "transform") + ["noop", "noop"]
-    _expect(data.get("post", "noop") in post.OPS, f"unknown post op {data.get('post')!r}")
+    _name_in(data.get("post", "noop"), post.OPS, "post op")
     mapping = data.get("map")
     constant = _constant(mapping)
     return [f"map_{mapping['kind']}", f"post_{data.get('post', 'noop')}", f"tr2_{transforms[1]}",
@@ -129,6 +147,55 @@ def _operands(node) -> set[str]:
     return {node["operand"]}
 
 
+# What every undefined function of the formulas returns: all are real (block scalars of real
+# scores, element-wise maps of reals); these are also never negative.
+_NONNEGATIVE = {"var", "l2", "entropy", "rank", "outlier", "minmax", "softmax"}
+
+
+def real_form(expr: sympy.Expr) -> sympy.Expr:
+    """`expr` with the facts sympy needs to simplify it: x and W are real and every undefined
+    function (mean, var, zscore, rank, ...) is real-valued, var, l2, entropy, rank, outlier,
+    minmax and softmax also non-negative. Then e.g. log|exp(v)| = v and sqrt|var(x)| = std."""
+    expr = expr.subs({sympy.Symbol("x"): sympy.Symbol("x", real=True), sympy.Symbol("W"): sympy.Symbol("W", real=True)})
+
+    def assume(call):
+        name = call.func.__name__
+        facts = {"nonnegative": True} if name in _NONNEGATIVE else {"real": True}
+        return sympy.Function(name, **facts)(*call.args)
+
+    return sympy.refine(expr.replace(lambda e: isinstance(e, AppliedUndef), assume))
+
+
+def simplified_expr(data) -> sympy.Expr:
+    """The importance expression simplified under real_form's assumptions."""
+    return sympy.simplify(real_form(importance_expr(data)))
+
+
+def map_of(data) -> tuple[str, float]:
+    mapping = data["map"]
+    return mapping["kind"], float(mapping["lambda" if mapping["kind"] == "owl" else "eps"])
+
+
+def same_formula(a, b) -> tuple[bool, str]:
+    """Whether two validated functions are the same formula, and how that was decided.
+
+    The map (kind and constant) must match; the importance expressions must be identical
+    op by op, identical as formulas, or algebraically equal (their difference simplifies to 0
+    under real_form's assumptions).
+    """
+    if map_of(a) != map_of(b):
+        return False, f"different maps: {map_of(a)} vs {map_of(b)}"
+    if to_names(a) == to_names(b):
+        return True, "identical ops"
+    ea, eb = importance_expr(a), importance_expr(b)
+    if ea == eb:
+        return True, "different ops, identical formula"
+    ra, rb = real_form(ea), real_form(eb)
+    if ra == rb or sympy.simplify(ra - rb) == 0:
+        return True, "different ops, algebraically equal formulas"
+    return False, "different importance formulas"
+
+
 def describe(data) -> str:
     """Human-readable formula: the importance expression, what its symbols are, and the map."""
     expr = importance_expr(data)
@@ -138,5 +205,7 @@ def describe(data) -> str:
     else:
         map_text = f"ratios = AlphaPruning map of importance, eps = {mapping['eps']} (larger -> more pruning)"
     symbols = "; ".join(OPERAND_MEANING[o] for o in sorted(_operands(data["importance"])))
+    simple = simplified_expr(data)
     return "\n".join([f"importance = {expr}", "", sympy.pretty(expr), "", f"LaTeX: {sympy.latex(expr)}",
+                      f"simplified (x, W and reductions real) = {simple}",
                       f"where {symbols}; reductions run over all of a block's matrices", map_text])

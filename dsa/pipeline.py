@@ -50,33 +50,42 @@ def prefix_key(node: Node) -> str:
     return f"{node.name}({', '.join(prefix_key(c) for c in node.children)})"
 
 
-class FeatureMemo:
-    """Per-block values of each reduction prefix, computed once over the blocks' matrices.
+def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> list[float]:
+    """One value per block of a reduction prefix (operand -> pre1 -> pre2 -> reduction).
 
     `block_mats(operand, i)` returns block i's matrices for an operand (wanda, magnitude, weight).
     """
+    pre2 = node.children[0]
+    pre1 = pre2.children[0]
+    operand = pre1.children[0].name
+    reduce = reduction.OPS[node.name.removeprefix("red_")].fn
+    first = pre.OPS[pre1.name.removeprefix("pre1_")].fn
+    second = pre.OPS[pre2.name.removeprefix("pre2_")].fn
+    return [float(reduce([second(first(m)) for m in block_mats(operand, i)])) for i in range(n_blocks)]
 
-    def __init__(self, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int):
-        self.block_mats = block_mats
-        self.n_blocks = n_blocks
+
+class FeatureMemo:
+    """Per-block values of each reduction prefix, computed once.
+
+    `compute(node)` gives a prefix's per-block values: `prefix_values` over local matrices, or a
+    request to a worker that holds the model (the driver of a distributed search holds none).
+    """
+
+    def __init__(self, compute: Callable[[Node], list[float]]):
+        self.compute = compute
         self.values: dict[str, list[float]] = {}
         self.hits = 0
+
+    @classmethod
+    def over(cls, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> "FeatureMemo":
+        return cls(lambda node: prefix_values(node, block_mats, n_blocks))
 
     def get(self, node: Node) -> torch.Tensor:
         key = prefix_key(node)
         if key in self.values:
             self.hits += 1
         else:
-            pre2 = node.children[0]
-            pre1 = pre2.children[0]
-            operand = pre1.children[0].name
-            reduce = reduction.OPS[node.name.removeprefix("red_")].fn
-            first = pre.OPS[pre1.name.removeprefix("pre1_")].fn
-            second = pre.OPS[pre2.name.removeprefix("pre2_")].fn
-            self.values[key] = [
-                float(reduce([second(first(m)) for m in self.block_mats(operand, i)]))
-                for i in range(self.n_blocks)
-            ]
+            self.values[key] = [float(v) for v in self.compute(node)]
         return torch.tensor(self.values[key], dtype=torch.float64)
 
 

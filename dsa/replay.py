@@ -33,7 +33,7 @@ def function_ratios(document: dict, block_mats, n_blocks: int, sizes, sparsity: 
     """(ratios, per-block importance values before the map) of a validated function."""
     names = to_names(document)
     root = parse(names, lambda name: _PSET.mapping[name].arity)
-    memo = FeatureMemo(block_mats, n_blocks)
+    memo = FeatureMemo.over(block_mats, n_blocks)
     ratios = allocation_ratios(root, memo, sizes, sparsity)
     values = block_values(root.children[0], memo)
     return ratios.tolist(), [float(v) for v in values]

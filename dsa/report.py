@@ -16,16 +16,6 @@ from .comparison import plot_allocations
 from .function import describe
 
 
-def test_perplexities(bench, allocations: dict[str, list[float]], texts: list[str], windows: int) -> dict:
-    """Perplexity of each allocation on each report text (cached-score pruning, as in search)."""
-    results = {}
-    for name, ratios in allocations.items():
-        bench.pruner.prune(ratios)
-        results[name] = {text: bench.perplexity(text, windows, progress=f"{name} {text}") for text in texts}
-    bench.pruner.restore()
-    return results
-
-
 def _plots(out: Path, history: list[dict], baseline_val: dict[str, float], allocations: dict, label: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     gens = [h["generation"] for h in history]

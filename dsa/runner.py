@@ -1,22 +1,23 @@
-"""One search from start to report: workbench -> evaluator -> evolution -> test-split report.
+"""One search from start to report: workers (the model) -> evolution (the driver) -> test-split report.
 
 Selection only ever sees the fitness (validation) windows; the report texts (test splits) are read
 after the loop has finished.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from evaluators.workbench import BenchConfig, Workbench
 
-from .allocate import baseline_ratios
 from .evolution import Search, SearchConfig, SearchState
-from .fitness import LocalEvaluator
+from .fitness import PoolEvaluator
 from .function import from_root
-from .report import test_perplexities, write_report
+from .pool import open_pool
+from .report import write_report
 
 REPORT_BASELINES = ("uniform", "owl", "alphapruning")
 
@@ -42,54 +43,56 @@ class RunConfig:
                       "bench": BenchConfig(**data["bench"]), "search": SearchConfig(**data["search"])})
 
 
-def block_mats_of(bench: Workbench):
-    """Operand name -> block matrices, as the search space's reductions expect them."""
-    def get(operand: str, index: int):
-        return bench.dense_weights(index) if operand == "weight" else bench.block_scores(index, operand)
-    return get
-
-
-def make_search(bench: Workbench, config: RunConfig, state: SearchState | None = None, evaluator=None) -> Search:
-    evaluator = evaluator or LocalEvaluator(bench, config.fitness_text, config.search.fitness_windows, config.objective)
-    return Search(config.search, bench.sizes, len(bench.blocks), block_mats_of(bench), evaluator, state,
+def make_search(pool, config: RunConfig, state: SearchState | None = None) -> Search:
+    info = pool.call("info")
+    evaluator = PoolEvaluator(pool, info["tokens_per_window"], config.objective)
+    features = lambda node: pool.call("features", node)  # noqa: E731 - computed where the model is
+    return Search(config.search, torch.tensor(info["sizes"], dtype=torch.float64), features, evaluator, state,
                   Path(config.checkpoint_dir) / config.name, extra={"run": config.as_dict()})
 
 
-def validation_ppl(search: Search, bench: Workbench, config: RunConfig, ratios) -> float:
-    if config.objective == "ppl":
-        return search.full_fitness(ratios)  # already cached for the seeds and the best
-    bench.pruner.prune(ratios)
-    windows = search.evaluator.windows
-    return math.exp(bench.window_nll(windows).sum().item() / (windows.shape[0] * (windows.shape[1] - 1)))
-
-
-def finish(search: Search, bench: Workbench, config: RunConfig) -> dict:
+def finish(search: Search, pool, config: RunConfig) -> dict:
     """Evaluate the best function and the baselines on validation and test; write results/<name>/."""
     best = search.best()
     allocations = {"best": search.ratios_of(best)}
     for name in REPORT_BASELINES:
-        allocations[name] = baseline_ratios(name, bench, config.search.sparsity)[0]
-    val = {name: validation_ppl(search, bench, config, ratios) for name, ratios in allocations.items()}
-    test = test_perplexities(bench, allocations, list(config.report_texts), config.report_windows)
+        allocations[name] = pool.call("baseline_ratios", name, config.search.sparsity)
+    if config.objective == "ppl":  # the fitness itself, cached for the best and the seeds
+        val = dict(zip(allocations, search.fitness(list(allocations.values()), config.search.fitness_windows)))
+    else:
+        val = dict(zip(allocations, pool.map("validation_ppl", [(r,) for r in allocations.values()])))
+    # The test texts are read here, after selection has ended, and nowhere else.
+    jobs = [(ratios, list(config.report_texts), config.report_windows) for ratios in allocations.values()]
+    test = dict(zip(allocations, pool.map("perplexities", jobs, "test perplexity")))
     state = search.state
     counters = {"evaluations": state.evaluations, "windows_evaluated": state.windows_evaluated,
                 "cache_hits": state.cache_hits, "feature_cache_hits": state.feature_cache_hits,
                 "invalid_functions": state.invalid, "distinct_features": len(state.features),
-                "generations": state.generation, "wall_s": round(state.wall_s, 1), "history": state.history}
+                "generations": state.generation, "wall_s": round(state.wall_s, 1), "history": state.history,
+                "workers": {"kind": type(pool).__name__, "count": pool.size,
+                            "startup_s": round(getattr(pool, "startup_s", 0.0), 1)}}
     label = "random search" if config.search.random_search else "evolution"
     return write_report(Path(config.results_dir) / config.name, from_root(search.root(best)), allocations, val, test,
                         state.history, counters, config.as_dict(), label)
 
 
 def run(config: RunConfig, state: SearchState | None = None, bench: Workbench | None = None,
-        stop_after: int | None = None) -> dict | None:
-    """Run or resume a search; returns the report, or None when stopped early by `stop_after`."""
+        stop_after: int | None = None, workers: int | None = 0, address: str | None = None) -> dict | None:
+    """Run or resume a search; returns the report, or None when stopped early by `stop_after`.
+
+    `workers`: 0 evaluates in this process (on `bench` when given), None or N starts Ray
+    workers (None: one per GPU, else one using every CPU core); `address` joins a cluster.
+    """
     start = time.perf_counter()
-    bench = bench or Workbench(config.bench)
-    search = make_search(bench, config, state)
-    search.run(stop_after=stop_after)
-    if search.state.generation < config.search.generations:
-        return None
-    report = finish(search, bench, config)
+    worker_args = (config.bench, config.fitness_text, config.search.fitness_windows, config.objective)
+    pool = open_pool(worker_args, workers, address, config.bench.device, bench)
+    try:
+        search = make_search(pool, config, state)
+        search.run(stop_after=stop_after)
+        if search.state.generation < config.search.generations:
+            return None
+        report = finish(search, pool, config)
+    finally:
+        pool.close()
     report["total_wall_s"] = round(time.perf_counter() - start, 1)
     return report

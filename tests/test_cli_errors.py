@@ -1,5 +1,4 @@
 """Bad input: one clear line on stderr and exit code 2, never a traceback."""
-import shutil
 
 import pytest
 

@@ -1,5 +1,4 @@
 """Block discovery on both built-in models, disjoint text splits, built-in texts."""
-import pytest
 import torch
 
 from evaluators import data

@@ -5,12 +5,14 @@ import random
 import pytest
 import torch
 
-from dsa import checkpoint, evolution, runner
+from dsa import checkpoint, runner
 from dsa.allocate import baseline_ratios
 from dsa.evolution import Search, SearchConfig, SearchState
 from dsa.function import from_root, to_names
 from dsa.genome import SEEDS, seed_names
+from dsa.pipeline import prefix_values
 from dsa.replay import function_ratios, load_function
+from dsa.worker import block_mats_of, features_of
 
 TINY = SearchConfig(population=4, offspring=4, promote=1, generations=2, fitness_windows=2, screen_windows=1, seed=3)
 
@@ -23,7 +25,7 @@ def tiny_run_config(tmp_path, name):
 
 @pytest.mark.parametrize("method", SEEDS)
 def test_seeds_reproduce_baselines(bench, method):
-    search = Search(SearchConfig(), bench.sizes, len(bench.blocks), runner.block_mats_of(bench), evaluator=None)
+    search = Search(SearchConfig(), bench.sizes, features_of(bench), evaluator=None)
     ratios = search.ratios_of(search.individual(seed_names(method)))
     expected, _ = baseline_ratios(method, bench, 0.7)
     assert ratios == expected
@@ -32,9 +34,10 @@ def test_seeds_reproduce_baselines(bench, method):
 def test_random_genomes_never_crash(bench):
     """Hundreds of random functions (tree-shaped ones too) on crops of the real block matrices."""
     def cropped(operand, index):
-        return [m[:48, :64] for m in runner.block_mats_of(bench)(operand, index)]
+        return [m[:48, :64] for m in block_mats_of(bench)(operand, index)]
 
-    search = Search(SearchConfig(arithmetic=True), bench.sizes, len(bench.blocks), cropped, evaluator=None)
+    features = lambda node: prefix_values(node, cropped, len(bench.blocks))  # noqa: E731
+    search = Search(SearchConfig(arithmetic=True), bench.sizes, features, evaluator=None)
     random.seed(0)
     valid = 0
     for _ in range(300):
@@ -50,7 +53,7 @@ def test_random_genomes_never_crash(bench):
 
 
 def test_function_json_round_trip(bench):
-    search = Search(SearchConfig(arithmetic=True), bench.sizes, len(bench.blocks), None, evaluator=None)
+    search = Search(SearchConfig(arithmetic=True), bench.sizes, None, evaluator=None)
     random.seed(1)
     for _ in range(200):
         ind = search.random_individual()
@@ -83,7 +86,7 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
         assert key in whole
     out = tmp_path / "results" / "whole"
     # The exported function file replays to exactly the ratios the search found.
-    replayed, _ = function_ratios(load_function(out / "best.json"), runner.block_mats_of(bench),
+    replayed, _ = function_ratios(load_function(out / "best.json"), block_mats_of(bench),
                                   len(bench.blocks), bench.sizes, TINY.sparsity)
     assert replayed == whole["best"]["ratios"]
     for name in ("best.json", "formula.txt", "ratios.csv", "report.json", "report.md", "convergence.png", "allocation.png"):
@@ -99,3 +102,31 @@ def test_kl_objective(dense_bench):
     dense, half, seventy = (evaluator.score(evaluator.losses([s] * n, [0])) for s in (0.0, 0.5, 0.7))
     assert abs(dense) < 1e-4
     assert 0 < half < seventy
+
+
+BREED = """
+import hashlib, random, sys
+junk = [type(f"J{i}", (), {}) for i in range(int(sys.argv[1]))]  # moves later classes in memory
+from dsa.evolution import Search, SearchConfig
+search = Search(SearchConfig(), None, None, evaluator=None)
+random.seed(5)
+population = [search.random_individual() for _ in range(8)]
+out = []
+for _ in range(30):
+    a, b = (search.toolbox.clone(random.choice(population)) for _ in range(2))
+    search.toolbox.mate(a, b)
+    (a,) = search.mutate(a)
+    out += [str(a), str(b)]
+print(hashlib.sha256("|".join(out).encode()).hexdigest())
+"""
+
+
+def test_breeding_is_the_same_in_every_process():
+    """Same seed, same offspring in a fresh process whatever its memory layout (DEAP's own
+    crossover picks the node type from a set of classes, ordered by address)."""
+    import subprocess
+    import sys
+
+    digests = {subprocess.run([sys.executable, "-c", BREED, str(junk)], capture_output=True, text=True,
+                              check=True).stdout for junk in (0, 7, 50)}
+    assert len(digests) == 1 and len(digests.pop().strip()) == 64

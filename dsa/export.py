@@ -1,0 +1,113 @@
+"""Hand a pruned model or its allocation to other tools.
+
+- save_pruned: the pruned model as a Hugging Face directory (safetensors), its tokenizer and
+  dsa.json (function, ratios, achieved sparsity, pruner, data), so that
+  AutoModelForCausalLM.from_pretrained(DIR) gives the same model and the same perplexity.
+- llmcompressor_recipe / write_recipe: a one-shot recipe for vllm-project/llm-compressor's
+  SparseGPTModifier or WandaPruningModifier with one sparsity per decoder block, so the
+  allocation can be re-applied in a serving stack's toolchain.
+
+llm-compressor's recipe schema (checked against llmcompressor 0.14.0.1): a stage key ending in
+`_stage`, a group key ending in `_modifiers`, then modifier name -> arguments. A list
+`sparsity` holds one value per module matched by `targets`, in model order, and every Linear
+inside such a module is pruned at that value; `mask_structure` is "N:M" ("0:0" unstructured).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from evaluators.errors import UserError
+from evaluators.models import LoadedModel
+
+SAVE_MARKER = "dsa.json"
+MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
+SPARSEGPT_ARGS = {"block_size": 128, "dampening_frac": 0.01}  # as evaluators/sequential.py prunes
+STAGE, GROUP = "sparsity_stage", "sparsity_modifiers"
+
+
+def check_save_dir(directory) -> Path:
+    """Refuse to write into a non-empty directory that is not an earlier save (before any work)."""
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--save {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / SAVE_MARKER).is_file():
+        raise UserError(f"--save {out}: directory is not empty and holds no {SAVE_MARKER}; choose a new directory")
+    return out
+
+
+def save_pruned(loaded: LoadedModel, directory, info: dict) -> Path:
+    """Write model (safetensors), tokenizer and dsa.json to `directory` (replacing an earlier save)."""
+    out = check_save_dir(directory)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp)
+    loaded.tokenizer.save_pretrained(tmp)
+    if not any(tmp.glob("*.safetensors")):
+        raise UserError(f"the model was not saved as safetensors in {tmp}")
+    (tmp / SAVE_MARKER).write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _container(block_names: Sequence[str]) -> str:
+    """'model.layers' for blocks 'model.layers.0' ... (the ModuleList that holds them)."""
+    parents = {name.rsplit(".", 1)[0] for name in block_names}
+    expected = [f"{next(iter(parents))}.{i}" for i in range(len(block_names))]
+    if len(parents) != 1 or list(block_names) != expected:
+        raise UserError(f"blocks {block_names[:2]}... are not one list of modules; cannot write a recipe")
+    return parents.pop()
+
+
+def check_exportable(pruner: str) -> None:
+    if pruner not in MODIFIERS:
+        raise UserError(f"llm-compressor has one-shot per-layer sparsity only for wanda and sparsegpt, not {pruner}; "
+                        "use --pruner wanda or --pruner sparsegpt with --export-llmcompressor")
+
+
+def llmcompressor_recipe(block_names: Sequence[str], ratios: Sequence[float], pruner: str,
+                         nm: tuple[int, int] | None = None) -> dict:
+    """The recipe as a dict: one sparsity per decoder block, targets = exactly those blocks."""
+    check_exportable(pruner)
+    if len(ratios) != len(block_names):
+        raise UserError(f"got {len(ratios)} ratios for {len(block_names)} blocks")
+    container = _container(block_names)
+    if nm:  # this project prunes every block N:M whatever its ratio; so does llm-compressor
+        sparsity = [1.0 - nm[0] / nm[1]] * len(block_names)
+    else:
+        sparsity = [float(r) for r in ratios]
+    args = {
+        "sparsity": sparsity,
+        "mask_structure": f"{nm[0]}:{nm[1]}" if nm else "0:0",
+        "targets": [f"re:^{re.escape(container)}\\.\\d+$"],
+        "ignore": ["re:.*lm_head"],
+    }
+    if pruner == "sparsegpt":
+        args.update(SPARSEGPT_ARGS)
+    return {STAGE: {GROUP: {MODIFIERS[pruner]: args}}}
+
+
+def recipe_sparsities(recipe: dict) -> tuple[str, dict]:
+    """(modifier name, its arguments) of a recipe written by llmcompressor_recipe."""
+    (name, args), = recipe[STAGE][GROUP].items()
+    return name, args
+
+
+def write_recipe(path, recipe: dict, header: Sequence[str] = ()) -> Path:
+    """YAML (or JSON when the name ends in .json), both readable by Recipe.create_instance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(recipe, indent=2) + "\n")
+        return path
+    try:
+        import yaml
+    except ImportError:
+        raise UserError("writing a YAML recipe needs PyYAML: pip install pyyaml (or name the file .json)")
+    comments = "".join(f"# {line}\n" for line in header)
+    path.write_text(comments + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100))
+    return path

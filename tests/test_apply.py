@@ -1,0 +1,437 @@
+"""apply.py end to end on the real SmolLM2-135M: replay a function against uniform, save and reload
+the pruned model, the llm-compressor recipe, zero-shot accuracy through lm-eval, 2:4, show, diff,
+and hostile function files.
+
+The model runs go through apply.main in-process on the session workbench (one model load for
+the whole suite); the hostile files run apply.py as a subprocess, as a user would.
+"""
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sympy
+import torch
+from sympy.core.function import AppliedUndef
+
+import apply
+from dsa.export import MODIFIERS, llmcompressor_recipe, recipe_sparsities
+from dsa.function import importance_expr, simplified_expr
+from evaluators.models import find_blocks
+from evaluators.perplexity import window_nll
+from search_space import post, pre, reduction, transform
+
+ROOT = Path(__file__).resolve().parents[1]
+SPARSITY = 0.5
+
+# OWL's outlier fraction of the Wanda scores, through sqrt and a wider OWL map: not a baseline.
+FUNCTION = {"format": "dsa-function", "version": 1,
+            "importance": {"operand": "wanda", "pre": [], "reduction": "outlier"},
+            "transform": ["sqrt"], "post": "noop", "map": {"kind": "owl", "lambda": 0.1}}
+# Cheap to compute (the weights themselves, no scores), for the runs that only need some function.
+WEIGHT_STD = {"format": "dsa-function", "version": 1,
+              "importance": {"operand": "weight", "pre": [], "reduction": "std"},
+              "transform": [], "post": "noop", "map": {"kind": "alpha", "eps": 0.3}}
+
+# Sentences a 135M model completes: the first choice is the right one (the label says so).
+FACTS = [
+    ("The capital of France is", ["Paris", "a small fish"], 0),
+    ("Water freezes at a temperature of zero degrees", ["Celsius", "happiness"], 0),
+    ("The largest planet in the Solar System is", ["the river", "Jupiter"], 1),
+    ("Monday, Tuesday, Wednesday,", ["Thursday", "green"], 0),
+    ("The cat sat on the", ["mat", "theorem"], 0),
+    ("One, two, three, four,", ["five", "blue"], 0),
+    ("The Pacific is the largest", ["ocean", "violin"], 0),
+    ("Shakespeare wrote the play", ["Hamlet", "Microsoft"], 0),
+]
+
+TASK_YAML = """task: dsa_tiny_facts
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{label}}}}"
+doc_to_choice: "{{{{choices}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def write_function(path: Path, document) -> Path:
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
+def function(pre_ops=(), red="mean", tr=(), post_op="noop", operand="wanda", mapping=None) -> dict:
+    return {"format": "dsa-function", "version": 1,
+            "importance": {"operand": operand, "pre": list(pre_ops), "reduction": red},
+            "transform": list(tr), "post": post_op, "map": mapping or {"kind": "owl", "lambda": 0.08}}
+
+
+def run_main(capsys, *argv):
+    """apply.main in-process: (exit code, stdout, stderr)."""
+    try:
+        apply.main(list(argv))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def zero_counts(model) -> dict[str, int]:
+    return {f"{b.name}.{n}": int((layer.weight == 0).sum()) for b in find_blocks(model) for n, layer in b.linears.items()}
+
+
+def choice_loglikelihoods(model, tokenizer, context: str, choices: list[str]) -> list[float]:
+    """Summed log-probability of ' choice' after the context, tokenised as lm-eval does."""
+    scores = []
+    for choice in choices:
+        context_ids = tokenizer(context).input_ids
+        whole = tokenizer(context + " " + choice).input_ids
+        n_context = len(context_ids)
+        if whole[:n_context] != context_ids:  # lm-eval moves trailing spaces, never the words
+            raise AssertionError("context tokens differ inside the whole")
+        ids = torch.tensor([whole])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
+        targets = ids[0, 1:]
+        scores.append(float(logprobs[torch.arange(len(targets)), targets][n_context - 1:].sum()))
+    return scores
+
+
+# ---------------------------------------------------------------- one replay, many checks
+
+
+@pytest.fixture(scope="module")
+def applied(bench, tmp_path_factory):
+    """apply.py run --function ... --save --export-llmcompressor --eval-zero-shot, on the shared bench.
+
+    Wanda from the cached dense scores keeps this quick; the sequential (faithful) path runs in
+    test_two_four_valid and tests/test_pruning.py.
+    """
+    tmp = tmp_path_factory.mktemp("apply")
+    tasks = tmp / "tasks"
+    tasks.mkdir()
+    data = tasks / "facts.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "label": label}) + "\n" for q, c, label in FACTS))
+    (tasks / "dsa_tiny_facts.yaml").write_text(TASK_YAML.format(data=data))
+    fn_path = write_function(tmp / "best.json", FUNCTION)
+    out = {"save": tmp / "pruned", "recipe": tmp / "recipe.yaml", "json": tmp / "report.json"}
+    patch = pytest.MonkeyPatch()
+    patch.setattr(apply, "_bench", lambda args: bench)
+    bench.pruner.restore()
+    try:
+        apply.main(["run", "--function", str(fn_path), "--sparsity", str(SPARSITY), "--wanda-form", "cached",
+                    "--eval", "wiki/test", "--eval-windows", "2", "--json", str(out["json"]),
+                    "--save", str(out["save"]), "--export-llmcompressor", str(out["recipe"]),
+                    "--eval-zero-shot", "dsa_tiny_facts", "--tasks-dir", str(tasks)])
+        # what the pruned model in memory is now, before any other test touches the bench
+        out["zeros"] = zero_counts(bench.loaded.model)
+        out["own_choices"] = [choice_loglikelihoods(bench.loaded.model, bench.loaded.tokenizer, q, c)
+                              for q, c, _ in FACTS]
+    finally:
+        patch.undo()
+        bench.pruner.restore()
+    out["report"] = json.loads(out["json"].read_text())
+    return out
+
+
+def test_function_against_uniform(applied, bench):
+    report = applied["report"]
+    ratios, uniform = report["ratios"], report["uniform"]["ratios"]
+    assert len(ratios) == len(uniform) == len(bench.blocks) == 30
+    assert max(ratios) - min(ratios) > 0.1  # the function does allocate
+    assert all(r == pytest.approx(SPARSITY, abs=1e-12) for r in uniform)
+    for achieved in (report["achieved_sparsity"], report["uniform"]["achieved_sparsity"]):
+        assert abs(achieved - SPARSITY) < 2e-3, achieved
+    dense, fn_ppl, uni_ppl = (report[k]["wiki/test"] for k in ("dense_ppl", "ppl", "uniform_ppl"))
+    assert 10 < dense < 40 and dense < fn_ppl < 3 * dense and dense < uni_ppl < 3 * dense, (dense, fn_ppl, uni_ppl)
+    assert fn_ppl != uni_ppl
+
+
+def test_saved_model_reloads_identically(applied, bench):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = applied["save"]
+    assert list(directory.glob("*.safetensors")) and not list(directory.glob("*.bin"))
+    info = json.loads((directory / "dsa.json").read_text())
+    report = applied["report"]
+    assert info["function"] == FUNCTION and info["pruner"] == "wanda" and info["sparsity"] == SPARSITY
+    assert info["ratios"] == report["ratios"] and info["achieved_sparsity"] == report["achieved_sparsity"]
+    config = bench.config
+    assert info["data"] == {"calib_text": config.calib_text, "calib_windows": config.calib_windows, "seqlen": config.seqlen}
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model.eval()
+    assert zero_counts(model) == applied["zeros"]
+    assert sum(applied["zeros"].values()) > 0.49 * sum(b.size for b in bench.blocks)
+    windows = bench.windows("wiki/test", 2)
+    text = bench.loaded.tokenizer.decode(windows[0])
+    assert tokenizer(text).input_ids == bench.loaded.tokenizer(text).input_ids
+    ppl = math.exp(window_nll(model, windows, 2).sum().item() / (windows.numel() - len(windows)))
+    assert ppl == pytest.approx(report["ppl"]["wiki/test"], rel=1e-6)
+
+
+def test_llmcompressor_recipe_carries_the_ratios(applied, bench):
+    import yaml
+
+    text = applied["recipe"].read_text()
+    recipe = yaml.safe_load(text)
+    name, args = recipe_sparsities(recipe)
+    assert name == "WandaPruningModifier" and args["mask_structure"] == "0:0"
+    assert args["sparsity"] == applied["report"]["ratios"]  # exact floats, one per block, in order
+    pattern = args["targets"][0].removeprefix("re:")
+    matched = [n for n, _ in bench.loaded.model.named_modules() if re.match(pattern, n)]
+    assert matched == [b.name for b in bench.blocks]
+    assert "re:.*lm_head" in args["ignore"]
+    _validate_with_llmcompressor(applied["recipe"], "WandaPruningModifier", args["sparsity"], len(bench.blocks))
+
+
+LLMC_CHECK = """
+import json, sys
+import llmcompressor
+from llmcompressor.recipe import Recipe
+(modifier,) = Recipe.create_instance(sys.argv[1]).modifiers
+print(json.dumps({"name": type(modifier).__name__, "sparsity": modifier.sparsity, "targets": modifier.targets,
+                  "nm": [modifier._prune_n, modifier._prune_m], "version": llmcompressor.__version__}))
+"""
+
+
+def _validate_with_llmcompressor(path: Path, modifier: str, sparsity: list[float], n_blocks: int) -> None:
+    """llm-compressor's own recipe loader, in this interpreter or in DSA_LLMCOMPRESSOR_PYTHON
+    (llmcompressor 0.14 pins transformers <= 5.17, so it often lives in a venv of its own)."""
+    if importlib.util.find_spec("llmcompressor"):
+        python = sys.executable
+    elif os.environ.get("DSA_LLMCOMPRESSOR_PYTHON"):
+        python = os.environ["DSA_LLMCOMPRESSOR_PYTHON"]
+    else:
+        return  # the schema checks above stand alone
+    done = subprocess.run([python, "-c", LLMC_CHECK, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["name"] == modifier and loaded["sparsity"] == sparsity and len(sparsity) == n_blocks
+    assert loaded["targets"] == [r"re:^model\.layers\.\d+$"]
+
+
+def test_zero_shot_matches_own_loglikelihoods(applied):
+    report = applied["report"]
+    result, uniform = report["zero_shot"]["dsa_tiny_facts"], report["uniform_zero_shot"]["dsa_tiny_facts"]
+    assert result["samples"] == uniform["samples"] == len(FACTS)
+    own = applied["own_choices"]
+    accuracy = sum(max(range(len(s)), key=s.__getitem__) == label for s, (_, _, label) in zip(own, FACTS)) / len(FACTS)
+    assert result["acc"] == pytest.approx(accuracy, abs=1e-12)
+    normed = [[v / len(c) for v, c in zip(s, choices)] for s, (_, choices, _) in zip(own, FACTS)]
+    acc_norm = sum(max(range(len(s)), key=s.__getitem__) == label for s, (_, _, label) in zip(normed, FACTS)) / len(FACTS)
+    assert result["acc_norm"] == pytest.approx(acc_norm, abs=1e-12)
+    assert result["acc"] >= 0.75 and 0.0 <= uniform["acc"] <= 1.0
+
+
+# ---------------------------------------------------------------- 2:4
+
+
+def test_two_four_valid(bench, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(apply, "_bench", lambda args: bench)
+    fn_path = write_function(tmp_path / "f.json", WEIGHT_STD)
+    bench.pruner.restore()
+    try:  # sequential Wanda, the default: activations through the pruned blocks
+        code, out, err = run_main(capsys, "--function", str(fn_path), "--structure", "2:4",
+                                  "--eval", "wiki/test", "--eval-windows", "1", "--json", str(tmp_path / "r.json"),
+                                  "--export-llmcompressor", str(tmp_path / "recipe.json"))
+        assert code == 0, err
+        for block in bench.blocks:
+            for name, layer in block.linears.items():
+                kept = (layer.weight != 0).view(layer.out_features, -1, 4).sum(dim=-1)
+                assert (kept <= 2).all(), f"{block.name}.{name}"
+                assert (kept == 2).float().mean() > 0.999, f"{block.name}.{name}"
+    finally:
+        bench.pruner.restore()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert abs(report["achieved_sparsity"] - 0.5) < 1e-3 and report["uniform_ppl"] is None
+    assert "no uniform comparison" in err
+    name, args = recipe_sparsities(json.loads((tmp_path / "recipe.json").read_text()))
+    assert name == "WandaPruningModifier" and args["mask_structure"] == "2:4"
+    assert args["sparsity"] == [0.5] * len(bench.blocks)
+    _validate_with_llmcompressor(tmp_path / "recipe.json", "WandaPruningModifier", args["sparsity"], len(bench.blocks))
+
+
+def test_sparsegpt_recipe_and_magnitude_refused(capsys, tmp_path):
+    recipe = llmcompressor_recipe(["model.layers.0", "model.layers.1"], [0.4, 0.6], "sparsegpt")
+    args = recipe["sparsity_stage"]["sparsity_modifiers"][MODIFIERS["sparsegpt"]]
+    assert args["sparsity"] == [0.4, 0.6] and args["mask_structure"] == "0:0"
+    assert args["block_size"] == 128 and args["dampening_frac"] == 0.01  # as evaluators/sequential.py
+    path = tmp_path / "sparsegpt.yaml"
+    code, _, err = run_main(capsys, "--pruner", "magnitude", "--export-llmcompressor", str(path))
+    assert code == 2 and "wanda and sparsegpt" in err and len(err.strip().splitlines()) == 1
+    from dsa.export import write_recipe
+    write_recipe(path, recipe)
+    _validate_with_llmcompressor(path, "SparseGPTModifier", [0.4, 0.6], 2)
+
+
+# ---------------------------------------------------------------- show and diff
+
+
+def _undefined_functions() -> dict:
+    """Every undefined function a formula can hold (mean, var, zscore, rank, ...), by name."""
+    x = sympy.Symbol("x")
+    names = set()
+    for registry in (pre.OPS, reduction.OPS, transform.OPS, post.OPS):
+        for op in registry.values():
+            names |= {f.func.__name__ for f in sympy.sympify(op.sym(x)).atoms(AppliedUndef)}
+    return {name: sympy.Function(name) for name in names}
+
+
+SHOWN = [
+    FUNCTION,
+    function(pre_ops=["minmax", "abslog"], red="rank", tr=["tanh"], post_op="tanh", operand="weight",
+             mapping={"kind": "alpha", "eps": 0.3}),
+    function(pre_ops=["square"], red="geomean", tr=["softplus", "sqrt"], post_op="softmax"),
+    {**function(tr=["log"]), "importance": {"op": "div", "args": [
+        {"operand": "wanda", "pre": ["zscore"], "reduction": "l2"},
+        {"op": "sub", "args": [{"operand": "magnitude", "pre": [], "reduction": "entropy"},
+                               {"operand": "weight", "pre": ["exp", "sigmoid"], "reduction": "alpha_peak"}]}]}},
+]
+
+
+@pytest.mark.parametrize("document", SHOWN, ids=["readme", "rank-alpha", "geomean-softmax", "tree"])
+def test_show_prints_a_formula_sympy_parses_back(capsys, tmp_path, document):
+    path = write_function(tmp_path / "f.json", document)
+    code, out, err = run_main(capsys, "show", str(path))
+    assert code == 0, err
+    lines = out.splitlines()
+    formula = next(line for line in lines if line.startswith("importance = ")).removeprefix("importance = ")
+    parsed = sympy.parse_expr(formula, local_dict=_undefined_functions())
+    expected = importance_expr(document)
+    assert parsed == expected, (parsed, expected)
+    assert any(line.startswith("LaTeX: ") for line in lines)
+    simplified = next(line for line in lines if line.startswith("simplified")).split(" = ", 1)[1]
+    assert str(simplified_expr(document)) == simplified
+    assert json.loads(lines[0].removeprefix("stages: "))["map"] == document["map"]
+
+
+EQUAL_PAIRS = [  # (a, b, how): the same formula written with different ops
+    (function(red="std"), function(red="var", tr=["sqrt"]), "algebraically equal"),       # sqrt|var| = std
+    (function(tr=["exp", "log"]), function(), "algebraically equal"),                     # log|exp(v)| = v
+    (function(red="var", tr=["abs"]), function(red="var"), "algebraically equal"),        # var >= 0
+    (function(pre_ops=["log"], tr=["exp"]), function(red="geomean"), "identical formula"),  # exp(mean log|x|)
+    (function(tr=["sigmoid"]), function(post_op="sigmoid"), "identical formula"),
+]
+DIFFERENT_PAIRS = [
+    (function(tr=["sin"]), function(tr=["cos"])),
+    (function(tr=["tanh"]), function(tr=["sigmoid"])),
+    (function(), function(mapping={"kind": "owl", "lambda": 0.1})),
+]
+
+
+@pytest.mark.parametrize("first,second,how", EQUAL_PAIRS)
+def test_diff_recognises_equal_formulas(capsys, tmp_path, first, second, how):
+    a, b = write_function(tmp_path / "a.json", first), write_function(tmp_path / "b.json", second)
+    code, out, err = run_main(capsys, "diff", str(a), str(b))
+    assert code == 0, out + err
+    assert f"same formula: yes (different ops, {how}" in out
+
+
+@pytest.mark.parametrize("first,second", DIFFERENT_PAIRS)
+def test_diff_tells_different_formulas(capsys, tmp_path, first, second):
+    a, b = write_function(tmp_path / "a.json", first), write_function(tmp_path / "b.json", second)
+    code, out, _ = run_main(capsys, "diff", str(a), str(b))
+    assert code == 1 and "same formula: no" in out
+
+
+def test_diff_ratios_on_model(bench, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(apply, "_bench", lambda args: bench)
+    # exp(mean(log|W|)): float32 logs then a float64 mean, against geomean's float64 logs
+    log_mean_exp = write_function(tmp_path / "lme.json", function(pre_ops=["log"], tr=["exp"], operand="weight"))
+    geomean = write_function(tmp_path / "geomean.json", function(red="geomean", operand="weight"))
+    code, out, err = run_main(capsys, "diff", str(log_mean_exp), str(geomean), "--model", "smollm2-135m")
+    assert code == 0, out + err
+    gap = float(re.search(r"largest difference (\S+) at", out).group(1))
+    assert "same ratios on smollm2-135m at 0.7: yes" in out and gap <= 1e-6
+    std = write_function(tmp_path / "std.json", function(red="std", operand="weight"))
+    code, out, _ = run_main(capsys, "diff", str(std), str(geomean), "--model", "smollm2-135m")
+    gap = float(re.search(r"largest difference (\S+) at", out).group(1))
+    assert code == 1 and "same formula: no" in out and "same ratios on smollm2-135m at 0.7: no" in out and gap > 0.01
+
+
+# ---------------------------------------------------------------- hostile and malformed files
+
+HOSTILE = {
+    "unknown-op": (function(tr=["sqrt", "rm_rf"]), "unknown transform op 'rm_rf'"),
+    "huge-nesting": ("[" * 30000 + "]" * 30000, "not valid JSON: maximum recursion depth"),  # 60 KB: under the size cap
+    "nan-constant": (json.dumps(function()).replace("0.08", "NaN"), "map constant must be a finite number"),
+    "python-in-string": (function(red="__import__('os').system('touch /tmp/dsa-pwned')"), "unknown reduction"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_files_refused_by_the_cli(tmp_path, case):
+    document, reason = HOSTILE[case]
+    path = write_function(tmp_path / "f.json", document)
+    done = subprocess.run([sys.executable, str(ROOT / "apply.py"), "--function", str(path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-1000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and reason in lines[0], lines
+    assert len(lines[0]) < 200 and not Path("/tmp/dsa-pwned").exists()
+
+
+MALFORMED = [
+    (function(red=["var"]), "unknown reduction ['var']"),                 # unhashable where a name belongs
+    (function(post_op={"op": "x"}), "unknown post op"),
+    (function(mapping={"kind": "evil", "eps": 0.3}), "map must be"),
+    (function(mapping={"kind": "owl", "lambda": 0.123}), "not on the grid"),
+    (function(mapping={"kind": "owl", "lambda": True}), "finite number"),
+    ({**function(), "version": True}, "unsupported version True"),
+    ({**function(), "version": 2}, "unsupported version 2"),
+    ({**function(), "format": "pickle"}, "'format' must be"),
+    ({**function(), "code": "print(1)"}, "unknown fields ['code']"),
+    ({**function(), "meta": "x"}, "meta must be an object"),
+    ({**function(), "importance": {"op": "add", "args": [{"op": "add", "args": [
+        {"op": "add", "args": [function()["importance"]] * 2}, function()["importance"]]}, function()["importance"]]}},
+     "nests deeper than 2"),
+    (function(pre_ops=["abs", "abs", "abs"]), "pre must be a list of at most 2"),
+    (function(red="x" * 5000), "unknown reduction 'xxxx"),
+    ("[1, 2", "not valid JSON"),
+    ("[]", "one JSON object"),
+    ('{"format": "dsa-function", "version": 1, "transform": [], "map": {"kind": "owl", "lambda": 1' + "0" * 5000 + "}}",
+     "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("document,reason", MALFORMED)
+def test_malformed_files_one_line_exit_2(capsys, tmp_path, document, reason):
+    path = write_function(tmp_path / "f.json", document)
+    for argv in (["--function", str(path)], ["show", str(path)], ["diff", str(path), str(path)]):
+        code, _, err = run_main(capsys, *argv)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and reason in lines[0] and len(lines[0]) < 300, (argv, lines)
+
+
+def test_too_large_file_and_bad_flags(capsys, tmp_path):
+    big = write_function(tmp_path / "big.json", json.dumps({**function(), "meta": {"pad": "x" * 70000}}))
+    code, _, err = run_main(capsys, "--function", str(big))
+    assert code == 2 and "larger than 65536 bytes" in err
+    code, _, err = run_main(capsys, "--tasks-dir", str(tmp_path))
+    assert code == 2 and "go with --eval-zero-shot" in err
+    code, _, err = run_main(capsys, "--eval-zero-shot", "boolq", "--tasks-dir", str(tmp_path / "none"))
+    assert code == 2 and "not a directory" in err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    code, _, err = run_main(capsys, "--save", str(tmp_path / "taken"))
+    assert code == 2 and "not empty" in err

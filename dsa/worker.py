@@ -6,11 +6,11 @@ pool (dsa/pool.py): in this process, or as Ray actors, one per GPU or per share 
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
+from evaluators.perplexity import perplexity
 from evaluators.workbench import BenchConfig, Workbench
 
 from .allocate import baseline_ratios
@@ -56,9 +56,7 @@ class Worker:
     def validation_ppl(self, ratios: list[float]) -> float:
         """Perplexity on all fitness windows, whatever the search's objective."""
         self.bench.pruner.prune(ratios)
-        windows = self.evaluator.windows
-        nll = self.bench.window_nll(windows).sum().item()
-        return math.exp(nll / (windows.shape[0] * (windows.shape[1] - 1)))
+        return perplexity(self.bench.loaded.model, self.evaluator.windows, self.bench.config.batch_size)
 
     def perplexities(self, ratios: list[float], texts: list[str], windows: int) -> dict[str, float]:
         """Perplexity on each report text, pruned with the cached scores as in the search."""

@@ -14,16 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from dsa.allocate import METHODS, BaselineOptions, baseline_ratios
-from dsa.comparison import write_comparison
-from dsa.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
-from dsa.function import describe, importance_expr, map_of, same_formula
-from dsa.replay import function_ratios, load_function
-from dsa.worker import block_mats_of
+from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
+from dsa.allocation.constants import ALPHA_EPS, OWL_LAMBDA, OWL_M
+from dsa.functions.files import describe, importance_expr, map_of, same_formula
+from dsa.functions.replay import function_ratios, load_function
+from dsa.outputs.comparison import write_comparison
+from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
+from evaluators.cache import atomic_write_text
 from evaluators.errors import UserError, exits_cleanly
-from evaluators.final import PRUNERS, WANDA_FORMS, evaluate, prune_model
 from evaluators.pruning import parse_structure
-from evaluators.workbench import BenchConfig, Workbench
+from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
+from evaluators.workbench import BenchConfig
 from evaluators.zeroshot import ZeroShot
 
 DEFAULT_EVAL = ["wiki/validation", "wiki/test"]
@@ -37,45 +38,49 @@ def _sparsity(text: str) -> float:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchConfig()
     parser.add_argument("--model", default="smollm2-135m",
                         help="built-in alias (smollm2-135m, gemma3-270m), hub id, HF directory or .gguf file (default: %(default)s)")
     parser.add_argument("--pruner", choices=PRUNERS, default="wanda", help="final pruner (default: %(default)s)")
     parser.add_argument("--structure", default=None, help="N:M pattern such as 2:4 (default: unstructured)")
     parser.add_argument("--wanda-form", choices=WANDA_FORMS, default="sequential",
                         help="sequential: activations through the pruned blocks (faithful); cached: dense scores, as in search (default: %(default)s)")
-    parser.add_argument("--calib", default="c4/train", help="calibration text (default: %(default)s)")
-    parser.add_argument("--calib-windows", type=int, default=16, help="calibration windows (default: %(default)s)")
-    parser.add_argument("--seqlen", type=int, default=512, help="tokens per window (default: %(default)s)")
+    parser.add_argument("--calib", default=defaults.calib_text, help="calibration text (default: %(default)s)")
+    parser.add_argument("--calib-windows", type=int, default=defaults.calib_windows,
+                        help="calibration windows (default: %(default)s)")
+    parser.add_argument("--seqlen", type=int, default=defaults.seqlen, help="tokens per window (default: %(default)s)")
     parser.add_argument("--eval", nargs="+", default=DEFAULT_EVAL, metavar="TEXT",
                         help="texts to report perplexity on (default: %(default)s)")
     parser.add_argument("--eval-windows", type=int, default=8, help="windows per evaluated text (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="windows per forward pass (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16/fp16 on GPU, fp32 on CPU)")
-    parser.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default: %(default)s)")
-    parser.add_argument("--owl-lambda", type=float, default=0.08, help="OWL ratio spread lambda (default: %(default)s)")
-    parser.add_argument("--alpha-eps", type=float, default=0.3, help="AlphaPruning ratio spread eps (default: %(default)s)")
+    parser.add_argument("--owl-m", type=float, default=OWL_M, help="OWL outlier threshold M (default: %(default)s)")
+    parser.add_argument("--owl-lambda", type=float, default=OWL_LAMBDA, help="OWL ratio spread lambda (default: %(default)s)")
+    parser.add_argument("--alpha-eps", type=float, default=ALPHA_EPS,
+                        help="AlphaPruning ratio spread eps (default: %(default)s)")
     parser.add_argument("--alpha-mode", choices=("peak", "mid"), default="peak",
                         help="PL_Alpha_Hill xmin choice (default: %(default)s)")
 
 
-def _bench(args) -> Workbench:
+def _session(args) -> EvaluationSession:
     if args.seqlen < 2 or args.calib_windows < 1 or args.eval_windows < 1 or args.batch_size < 1:
         raise UserError("--seqlen must be >= 2 and window counts and --batch-size >= 1")
     metric = "magnitude" if args.pruner == "magnitude" else "wanda"
-    return Workbench(BenchConfig(model=args.model, metric=metric, calib_text=args.calib,
-                                 calib_windows=args.calib_windows, seqlen=args.seqlen,
-                                 batch_size=args.batch_size, device=args.device, dtype=args.dtype))
+    return EvaluationSession(BenchConfig(model=args.model, metric=metric, calib_text=args.calib,
+                                         calib_windows=args.calib_windows, seqlen=args.seqlen,
+                                         batch_size=args.batch_size, device=args.device, dtype=args.dtype))
 
 
 def _options(args) -> BaselineOptions:
     return BaselineOptions(args.owl_m, args.owl_lambda, args.alpha_eps, args.alpha_mode)
 
 
-def _ratios(args, bench, function):
+def _ratios(args, session: EvaluationSession, function):
     if function is not None:
-        return function_ratios(function, block_mats_of(bench), len(bench.blocks), bench.sizes, args.sparsity)
-    return baseline_ratios(args.allocation, bench, args.sparsity, _options(args))
+        return function_ratios(function, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
+    return baseline_ratios(args.allocation, session.bench, args.sparsity, _options(args))
 
 
 def _check_before_loading(args):
@@ -92,12 +97,13 @@ def _check_before_loading(args):
     return function, ZeroShot(args.eval_zero_shot, args.tasks_dir or (), args.zero_shot_limit, args.batch_size)
 
 
-def _prune_and_measure(bench, args, ratios, nm, label: str, zero_shot) -> dict:
-    achieved = prune_model(bench, ratios, args.pruner, nm, args.wanda_form)
+def _prune_and_measure(session: EvaluationSession, args, ratios, nm, label: str, zero_shot) -> dict:
+    achieved = session.prune(ratios, args.pruner, nm, args.wanda_form)
     result = {"ratios": ratios, "achieved_sparsity": achieved,
-              "ppl": evaluate(bench, args.eval, args.eval_windows, label)}
+              "ppl": session.perplexities(args.eval, args.eval_windows, label)}
     if zero_shot is not None:
-        result["zero_shot"] = zero_shot.evaluate(bench.loaded.model, bench.loaded.tokenizer)
+        loaded = session.bench.loaded
+        result["zero_shot"] = zero_shot.evaluate(loaded.model, loaded.tokenizer)
     return result
 
 
@@ -115,10 +121,11 @@ def run(args) -> dict:
     nm = parse_structure(args.structure)
     function, zero_shot = _check_before_loading(args)
     start = time.perf_counter()
-    bench = _bench(args)
-    ratios, metric = _ratios(args, bench, function)
+    session = _session(args)
+    bench = session.bench
+    ratios, metric = _ratios(args, session, function)
     label = "function" if function is not None else args.allocation
-    dense = evaluate(bench, args.eval, args.eval_windows, "dense")
+    dense = session.perplexities(args.eval, args.eval_windows, "dense")
     uniform = None
     if function is not None and not args.no_uniform:
         if nm:
@@ -126,8 +133,8 @@ def run(args) -> dict:
                   "no uniform comparison", file=sys.stderr)
         else:
             uniform_ratios, _ = baseline_ratios("uniform", bench, args.sparsity, _options(args))
-            uniform = _prune_and_measure(bench, args, uniform_ratios, nm, "uniform", zero_shot)
-    result = _prune_and_measure(bench, args, ratios, nm, label, zero_shot)  # the model stays in this state
+            uniform = _prune_and_measure(session, args, uniform_ratios, nm, "uniform", zero_shot)
+    result = _prune_and_measure(session, args, ratios, nm, label, zero_shot)  # the model stays in this state
     report = {
         "model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
         "structure": args.structure or "unstructured", "allocation": label, "function": function,
@@ -165,27 +172,25 @@ def run(args) -> dict:
         print(f"llm-compressor recipe written to {args.export_llmcompressor}")
     report["wall_s"] = round(time.perf_counter() - start, 1)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        print(f"report written to {path}")
+        atomic_write_text(args.json, json.dumps(report, indent=2))
+        print(f"report written to {args.json}")
     return report
 
 
 def compare(args) -> None:
     nm = parse_structure(args.structure)
-    bench = _bench(args)
-    dense = evaluate(bench, args.eval, args.eval_windows, "dense")
+    session = _session(args)
+    dense = session.perplexities(args.eval, args.eval_windows, "dense")
     rows, allocations = [], {}
     for sparsity in args.sparsity:
         for method in args.allocations:
-            ratios, _ = baseline_ratios(method, bench, sparsity, _options(args))
-            achieved = prune_model(bench, ratios, args.pruner, nm, args.wanda_form)
-            ppl = evaluate(bench, args.eval, args.eval_windows, f"{method}@{sparsity:g}")
+            ratios, _ = baseline_ratios(method, session.bench, sparsity, _options(args))
+            achieved = session.prune(ratios, args.pruner, nm, args.wanda_form)
+            ppl = session.perplexities(args.eval, args.eval_windows, f"{method}@{sparsity:g}")
             rows.append({"method": method, "sparsity": sparsity, "achieved": achieved, **ppl})
             allocations[(method, sparsity)] = ratios
             print(f"{method:>12} @ {sparsity:g}: " + "  ".join(f"{t} {v:.3f}" for t, v in ppl.items()), flush=True)
-    bench.pruner.restore()
+    session.restore()
     out = Path(args.out or f"results/compare-{Path(args.model).name}-{args.pruner}")
     table = write_comparison(out, args.model, args.pruner, dense, rows, allocations)
     print(table)
@@ -198,8 +203,9 @@ def show(args) -> None:
     print("stages:", json.dumps(stages))
     print(describe(function))
     if args.model:
-        bench = _bench(args)
-        ratios, values = function_ratios(function, block_mats_of(bench), len(bench.blocks), bench.sizes, args.sparsity)
+        session = _session(args)
+        ratios, values = function_ratios(function, session.block_matrices, session.n_blocks, session.sizes,
+                                         args.sparsity)
         print(f"\n{args.model} at {args.sparsity:g}:\nblock  importance  ratio")
         for index, (value, ratio) in enumerate(zip(values, ratios)):
             print(f"{index:5d}  {value:10.4g}  {ratio:.4f}")
@@ -215,10 +221,9 @@ def diff(args) -> bool:
     print(f"same formula: {'yes' if same else 'no'} ({how})")
     if not args.model:
         return same
-    bench = _bench(args)
-    mats = block_mats_of(bench)
-    ratios_a, _ = function_ratios(first, mats, len(bench.blocks), bench.sizes, args.sparsity)
-    ratios_b, _ = function_ratios(second, mats, len(bench.blocks), bench.sizes, args.sparsity)
+    session = _session(args)
+    ratios_a, _ = function_ratios(first, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
+    ratios_b, _ = function_ratios(second, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
     gaps = [abs(x - y) for x, y in zip(ratios_a, ratios_b)]
     worst = max(range(len(gaps)), key=gaps.__getitem__)
     same_ratios = gaps[worst] <= args.tolerance

@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from dsa import checkpoint
-from dsa.evolution import SearchConfig, SearchState
-from dsa.fitness import OBJECTIVES
-from dsa.runner import RunConfig, run
+from dsa.search import checkpoint
+from dsa.search.evolution import SearchConfig, SearchState
+from dsa.search.runner import RunConfig, run
 from evaluators.errors import UserError, exits_cleanly
+from evaluators.session import OBJECTIVES
 from evaluators.workbench import BenchConfig
 
 

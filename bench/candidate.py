@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dsa.evolution import Search, SearchConfig  # noqa: E402
-from dsa.fitness import LocalEvaluator  # noqa: E402
-from dsa.worker import features_of  # noqa: E402
+from dsa.functions.pipeline import features_on  # noqa: E402
+from dsa.search.evolution import Search, SearchConfig  # noqa: E402
+from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
 
 
@@ -30,15 +30,15 @@ def main():
     parser.add_argument("--out", default="results/bench_candidate.json")
     args = parser.parse_args()
     bench = Workbench(BenchConfig(model=args.model))
-    evaluator = LocalEvaluator(bench, "wiki/validation", 4)
-    search = Search(SearchConfig(), bench.sizes, features_of(bench), evaluator)
+    session = EvaluationSession(bench, "wiki/validation", 4)
+    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, session.n_blocks), None)
     random.seed(0)
     # Functions whose features are already memoised, as in a running search.
     pool = [search.random_individual() for _ in range(40)]
     pool = [ind for ind in pool if search.ratios_of(ind) is not None][: args.repeats * 2]
     result = {"model": args.model, "threads": torch.get_num_threads()}
     for label, indices in (("screen", [0]), ("full", [0, 1, 2, 3])):
-        windows = evaluator.windows[indices]
+        windows = session.windows[indices]
         bench.window_nll(windows)  # warm-up
         bare, costs = [], []
         # Interleaved, so drifts in machine load hit both alike. The bare pass runs on the model as
@@ -47,7 +47,7 @@ def main():
         for ind in pool[: args.repeats]:
             bare.append(_time(lambda: bench.window_nll(windows)))
             ratios = search.ratios_of(ind)
-            costs.append(_time(lambda: evaluator.losses(ratios, indices)))
+            costs.append(_time(lambda: session.window_losses(ratios, indices)))
         bare = statistics.median(bare)
         result[label] = {"tokens": windows.numel(), "bare_forward_s": bare, "candidate_s": statistics.median(costs),
                          "ratio": statistics.median(costs) / bare}

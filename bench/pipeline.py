@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluators import assets  # noqa: E402
 from evaluators.calibration import _measure_norms, sort_rows  # noqa: E402
-from evaluators.final import prune_model  # noqa: E402
 from evaluators.models import load_model  # noqa: E402
-from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
+from evaluators.session import EvaluationSession  # noqa: E402
+from evaluators.workbench import BenchConfig  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -61,7 +61,8 @@ def main():
     parser.add_argument("--out", default="results/bench_pipeline.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    bench = Workbench(BenchConfig(model=args.model))  # warm caches
+    session = EvaluationSession(BenchConfig(model=args.model))  # warm caches
+    bench = session.bench
     n = len(bench.blocks)
     r = {"model": args.model, "threads": torch.get_num_threads(), "config": bench.config.as_dict()}
     r["load_first_s"] = first_load_seconds(args.model)
@@ -85,7 +86,7 @@ def main():
     for sparsity in (0.5, 0.7):
         row = {}
         for form in ("cached", "sequential"):
-            prune_model(bench, [sparsity] * n, "wanda", None, form)
+            session.prune([sparsity] * n, "wanda", None, form)
             row[form] = bench.perplexity("wiki/validation", 8)
         gap[str(sparsity)] = row
     bench.pruner.restore()

@@ -20,15 +20,16 @@ from pathlib import Path
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dsa.evolution import Search, SearchConfig  # noqa: E402
-from dsa.pool import open_pool  # noqa: E402
-from dsa.worker import features_of  # noqa: E402
-from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
+from dsa.search.evolution import Search, SearchConfig  # noqa: E402
+from dsa.distributed.pool import open_pool  # noqa: E402
+from dsa.functions.pipeline import features_on  # noqa: E402
+from evaluators.session import EvaluationSession  # noqa: E402
+from evaluators.workbench import BenchConfig  # noqa: E402
 
 
-def allocations(bench, count, seed=0):
-    """Ratio vectors of `count` valid random functions (computed once, on a local bench)."""
-    search = Search(SearchConfig(), bench.sizes, features_of(bench), evaluator=None)
+def allocations(session, count, seed=0):
+    """Ratio vectors of `count` valid random functions (computed once, on a local session)."""
+    search = Search(SearchConfig(), session.sizes, features_on(session.block_matrices, session.n_blocks), evaluator=None)
     random.seed(seed)
     found = []
     while len(found) < count:
@@ -72,7 +73,7 @@ def main():
     parser.add_argument("--out", default="results/bench_workers.json")
     args = parser.parse_args()
     config = BenchConfig(model=args.model, device="cpu")
-    ratios = allocations(Workbench(config), args.candidates)
+    ratios = allocations(EvaluationSession(config), args.candidates)
     jobs = {"screen": [(r, [0]) for r in ratios], "full": [(r, [0, 1, 2, 3]) for r in ratios]}
     result = {"model": args.model, "candidates": args.candidates,
               "request_bytes": len(pickle.dumps(jobs["full"][0])), "reply_bytes": len(pickle.dumps([1.0] * 4))}

@@ -1,4 +1,4 @@
-"""Prune a loaded model in place at per-block (or per-matrix) ratios from cached score orders.
+"""Prune a loaded model in place at per-block ratios from cached score orders.
 
 Every row of a matrix loses exactly round(ratio * in_features) weights, the lowest-scoring ones
 (Wanda compares weights per output row). The dense weights are kept so the next candidate
@@ -10,9 +10,10 @@ from typing import Sequence
 
 import torch
 
-from .calibration import layer_key, score_matrix
+from .calibration import layer_key
 from .errors import UserError
 from .models import LoadedModel
+from .scores import nm_keep_mask, score_matrix
 
 
 def parse_structure(text: str | None) -> tuple[int, int] | None:
@@ -47,30 +48,33 @@ class Pruner:
                 layer.weight.copy_(self.dense[key])
         self.counts = {key: 0 for key in self.layers}
 
+    def memory(self) -> dict[str, int]:
+        """What this pruner holds beyond the model: the dense copy and the score orders."""
+        def size(tensors):
+            return sum(t.numel() * t.element_size() for t in tensors)
+        return {"prunable_params": sum(t.numel() for t in self.dense.values()),
+                "dense_copy_bytes": size(self.dense.values()), "orders_bytes": size((self.orders or {}).values())}
+
     def mark_modified(self) -> None:
         """Weights were changed outside `prune` (N:M, sequential pruning): restore fully next time."""
         self.counts = None
 
     @torch.no_grad()
-    def prune(self, block_ratios: Sequence[float] | None = None,
-              layer_ratios: dict[str, float] | None = None) -> None:
+    def prune(self, block_ratios: Sequence[float]) -> None:
         """Zero each row's lowest-scoring round(ratio * in_features) weights, all others dense.
 
         Incremental: from the previous candidate's state only the difference is zeroed or
-        restored, which costs a fraction of a full restore. `layer_ratios` (keys 'block.name',
-        e.g. '3.mlp.up_proj') override the block's ratio.
+        restored, which costs a fraction of a full restore.
         """
         if self.orders is None:
             raise ValueError("this pruner has no cached score orders")
         n_blocks = len(self.loaded.blocks)
-        if block_ratios is not None and len(block_ratios) != n_blocks:
+        if len(block_ratios) != n_blocks:
             raise UserError(f"got {len(block_ratios)} ratios for {n_blocks} blocks")
         if self.counts is None:
             self.restore()
         for key, layer in self.layers.items():
-            ratio = (layer_ratios or {}).get(key)
-            if ratio is None:
-                ratio = block_ratios[self.block_of[key]] if block_ratios is not None else 0.0
+            ratio = block_ratios[self.block_of[key]]
             if not 0.0 <= ratio < 1.0:
                 raise UserError(f"ratio {ratio} of {key} is outside [0, 1)")
             count, current = round(ratio * layer.in_features), self.counts[key]
@@ -89,10 +93,7 @@ class Pruner:
             if layer.in_features % m:
                 raise UserError(f"{key} has {layer.in_features} inputs, not a multiple of {m}")
             scores = score_matrix(self.dense[key], (self.norms or {}).get(key), self.metric)
-            groups = scores.view(scores.shape[0], -1, m)
-            drop = groups.topk(m - n, dim=-1, largest=False).indices
-            mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)
-            layer.weight.mul_(mask.view_as(layer.weight))
+            layer.weight.mul_(nm_keep_mask(scores, n, m))
         self.mark_modified()
 
 

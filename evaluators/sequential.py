@@ -11,11 +11,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .capture import InputStats, StopForward
 from .models import LoadedModel
+from .scores import nm_keep_mask, score_matrix
 
-
-class _StopForward(Exception):
-    pass
+# SparseGPT's column-block width and Hessian dampening (fraction of the mean diagonal), as in its
+# paper and code; the llm-compressor export reads them from here.
+SPARSEGPT_BLOCK_SIZE = 128
+SPARSEGPT_DAMPING = 0.01
 
 
 @torch.no_grad()
@@ -37,7 +40,7 @@ def _capture_block_calls(loaded: LoadedModel, windows: torch.Tensor, batch_size:
                 current["hidden"] = hidden
             current[index] = (tuple(args[1:]), kwargs)
             if index == len(modules) - 1:
-                raise _StopForward
+                raise StopForward
         return hook
 
     handles = [m.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, m in enumerate(modules)]
@@ -46,7 +49,7 @@ def _capture_block_calls(loaded: LoadedModel, windows: torch.Tensor, batch_size:
             current = {}
             try:
                 loaded.model(windows[start:start + batch_size].to(loaded.device), use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
             batches.append(current)
     finally:
@@ -61,31 +64,10 @@ def _run_block(module, hidden, call):
     return out[0] if isinstance(out, tuple) else out
 
 
-class _InputStats:
-    """Accumulates what a method needs from a linear layer's inputs."""
-
-    def __init__(self, need_hessian: bool):
-        self.need_hessian = need_hessian
-        self.sq = None
-        self.hessian = None
-
-    def __call__(self, module, inputs, output):
-        x = inputs[0].detach().flatten(0, -2).float()
-        sq = (x * x).sum(dim=0)
-        self.sq = sq if self.sq is None else self.sq + sq
-        if self.need_hessian:
-            h = x.t() @ x
-            self.hessian = h if self.hessian is None else self.hessian + h
-
-
 def _prune_rows_wanda(weight: torch.Tensor, sq: torch.Tensor, ratio: float, nm) -> None:
-    scores = weight.abs().float() * sq.sqrt()[None, :]
+    scores = score_matrix(weight, sq.sqrt(), "wanda")
     if nm:
-        n, m = nm
-        groups = scores.view(scores.shape[0], -1, m)
-        drop = groups.topk(m - n, dim=-1, largest=False).indices
-        mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False).view_as(weight)
-        weight.mul_(mask)
+        weight.mul_(nm_keep_mask(scores, *nm))
         return
     count = round(ratio * weight.shape[1])
     if count:
@@ -93,7 +75,7 @@ def _prune_rows_wanda(weight: torch.Tensor, sq: torch.Tensor, ratio: float, nm) 
 
 
 def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, ratio: float, nm,
-               blocksize: int = 128, damp: float = 0.01) -> None:
+               blocksize: int = SPARSEGPT_BLOCK_SIZE, damp: float = SPARSEGPT_DAMPING) -> None:
     """SparseGPT (Frantar & Alistarh 2023): OBS pruning column block by column block with updates."""
     W = weight.detach().float().clone()
     H = hessian.clone()
@@ -144,7 +126,7 @@ def sequential_prune(loaded: LoadedModel, windows: torch.Tensor, ratios: Sequenc
     modules, batches = _capture_block_calls(loaded, windows, batch_size)
     hidden = [batch["hidden"] for batch in batches]
     for block, module in tqdm(list(zip(loaded.blocks, modules)), desc=f"{method} (sequential)", leave=False):
-        stats = {name: _InputStats(method == "sparsegpt") for name in block.linears}
+        stats = {name: InputStats(method == "sparsegpt") for name in block.linears}
         handles = [layer.register_forward_hook(stats[name]) for name, layer in block.linears.items()]
         for h, batch in zip(hidden, batches):
             _run_block(module, h, batch[block.index])

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .calibration import input_norms, layer_key, row_orders, score_matrix
+from .calibration import input_norms, layer_key, row_orders
+from .scores import score_matrix
 from .data import token_windows
 from .errors import UserError
 from .models import load_model

@@ -6,6 +6,7 @@ tests assert are ranges that hold for those settings.
 import pytest
 import torch
 
+from evaluators.session import EvaluationSession
 from evaluators.workbench import BenchConfig, Workbench
 
 TEST_CONFIG = BenchConfig(model="smollm2-135m", calib_windows=4, seqlen=256, batch_size=4)
@@ -25,3 +26,9 @@ def dense_bench(bench) -> Workbench:
     bench.pruner.restore()
     yield bench
     bench.pruner.restore()
+
+
+@pytest.fixture
+def session(dense_bench) -> EvaluationSession:
+    """An evaluation session on the shared (dense) workbench."""
+    return EvaluationSession(dense_bench)

@@ -20,8 +20,9 @@ import torch
 from sympy.core.function import AppliedUndef
 
 import apply
-from dsa.export import MODIFIERS, llmcompressor_recipe, recipe_sparsities
-from dsa.function import importance_expr, simplified_expr
+from dsa.outputs.export import MODIFIERS, llmcompressor_recipe, recipe_sparsities
+from dsa.functions.files import importance_expr, simplified_expr
+from evaluators.session import EvaluationSession
 from evaluators.models import find_blocks
 from evaluators.perplexity import window_nll
 from search_space import post, pre, reduction, transform
@@ -134,7 +135,7 @@ def applied(bench, tmp_path_factory):
     fn_path = write_function(tmp / "best.json", FUNCTION)
     out = {"save": tmp / "pruned", "recipe": tmp / "recipe.yaml", "json": tmp / "report.json"}
     patch = pytest.MonkeyPatch()
-    patch.setattr(apply, "_bench", lambda args: bench)
+    patch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
     bench.pruner.restore()
     try:
         apply.main(["run", "--function", str(fn_path), "--sparsity", str(SPARSITY), "--wanda-form", "cached",
@@ -247,7 +248,7 @@ def test_zero_shot_matches_own_loglikelihoods(applied):
 
 
 def test_two_four_valid(bench, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(apply, "_bench", lambda args: bench)
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
     fn_path = write_function(tmp_path / "f.json", WEIGHT_STD)
     bench.pruner.restore()
     try:  # sequential Wanda, the default: activations through the pruned blocks
@@ -279,7 +280,7 @@ def test_sparsegpt_recipe_and_magnitude_refused(capsys, tmp_path):
     path = tmp_path / "sparsegpt.yaml"
     code, _, err = run_main(capsys, "--pruner", "magnitude", "--export-llmcompressor", str(path))
     assert code == 2 and "wanda and sparsegpt" in err and len(err.strip().splitlines()) == 1
-    from dsa.export import write_recipe
+    from dsa.outputs.export import write_recipe
     write_recipe(path, recipe)
     _validate_with_llmcompressor(path, "SparseGPTModifier", [0.4, 0.6], 2)
 
@@ -355,7 +356,7 @@ def test_diff_tells_different_formulas(capsys, tmp_path, first, second):
 
 
 def test_diff_ratios_on_model(bench, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(apply, "_bench", lambda args: bench)
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
     # exp(mean(log|W|)): float32 logs then a float64 mean, against geomean's float64 logs
     log_mean_exp = write_function(tmp_path / "lme.json", function(pre_ops=["log"], tr=["exp"], operand="weight"))
     geomean = write_function(tmp_path / "geomean.json", function(red="geomean", operand="weight"))

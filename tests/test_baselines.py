@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dsa.baselines import (
+from dsa.allocation.baselines import (
     alphapruning_ratios,
     er_ratios,
     global_ratios,
@@ -12,7 +12,7 @@ from dsa.baselines import (
     owl_ratios,
     uniform_ratios,
 )
-from dsa.ratios import weighted_mean
+from dsa.allocation.ratios import weighted_mean
 
 # Unequal blocks: different matrix counts and shapes per block.
 RANDOM_SHAPES = [

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from dsa import runner
-from dsa.evolution import SearchConfig
-from dsa.pool import RayPool
+from dsa.search import runner
+from dsa.search.evolution import SearchConfig
+from dsa.distributed.pool import RayPool
 from evaluators.errors import UserError
 
 from conftest import TEST_CONFIG

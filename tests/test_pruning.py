@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from evaluators.calibration import _measure_norms, input_norms, layer_key, row_orders, score_matrix
-from evaluators.final import prune_model
+from evaluators.calibration import _measure_norms, input_norms, layer_key, row_orders
+from evaluators.scores import score_matrix
 from evaluators.perplexity import perplexity
 from evaluators.pruning import zero_fraction
 
@@ -78,17 +78,17 @@ def test_perplexity_grows_with_sparsity(dense_bench):
     assert half < 4 * dense and seventy > 5 * dense
 
 
-def test_sequential_wanda_and_sparsegpt(dense_bench):
-    bench = dense_bench
+def test_sequential_wanda_and_sparsegpt(session):
+    bench = session.bench
     dense = bench.perplexity("wiki/validation", 2)
     results = {}
     for pruner in ("wanda", "sparsegpt"):
-        achieved = prune_model(bench, [0.5] * len(bench.blocks), pruner, None, "sequential")
+        achieved = session.prune([0.5] * len(bench.blocks), pruner, None, "sequential")
         assert abs(achieved - 0.5) < 1e-3, pruner
         results[pruner] = bench.perplexity("wiki/validation", 2)
     # Few calibration tokens (1024 < 1536 inputs of down_proj) handicap SparseGPT's Hessian here.
     assert dense < results["wanda"] < 3.5 * dense and dense < results["sparsegpt"] < 6 * dense, (dense, results)
-    achieved = prune_model(bench, [0.5] * len(bench.blocks), "sparsegpt", (2, 4), "sequential")
+    achieved = session.prune([0.5] * len(bench.blocks), "sparsegpt", (2, 4), "sequential")
     assert abs(achieved - 0.5) < 1e-3
 
 

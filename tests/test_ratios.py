@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dsa.ratios import alpha_map, owl_map, rebalance, sanitize, uniform, weighted_mean
+from dsa.allocation.ratios import alpha_map, owl_map, rebalance, sanitize, uniform, weighted_mean
 
 EQUAL4 = torch.ones(4, dtype=torch.float64)
 

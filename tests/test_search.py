@@ -5,14 +5,15 @@ import random
 import pytest
 import torch
 
-from dsa import checkpoint, runner
-from dsa.allocate import baseline_ratios
-from dsa.evolution import Search, SearchConfig, SearchState
-from dsa.function import from_root, to_names
-from dsa.genome import SEEDS, seed_names
-from dsa.pipeline import prefix_values
-from dsa.replay import function_ratios, load_function
-from dsa.worker import block_mats_of, features_of
+from dsa.allocation.allocate import baseline_ratios
+from dsa.functions.files import from_root, to_names
+from dsa.functions.genome import SEEDS, seed_names
+from dsa.functions.pipeline import features_on, prefix_values
+from dsa.functions.replay import function_ratios, load_function
+from dsa.search import checkpoint, runner
+from dsa.search.evolution import Search, SearchConfig, SearchState
+from dsa.search.fitness import score
+from evaluators.session import EvaluationSession
 
 TINY = SearchConfig(population=4, offspring=4, promote=1, generations=2, fitness_windows=2, screen_windows=1, seed=3)
 
@@ -25,7 +26,8 @@ def tiny_run_config(tmp_path, name):
 
 @pytest.mark.parametrize("method", SEEDS)
 def test_seeds_reproduce_baselines(bench, method):
-    search = Search(SearchConfig(), bench.sizes, features_of(bench), evaluator=None)
+    session = EvaluationSession(bench)
+    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, session.n_blocks), evaluator=None)
     ratios = search.ratios_of(search.individual(seed_names(method)))
     expected, _ = baseline_ratios(method, bench, 0.7)
     assert ratios == expected
@@ -34,7 +36,7 @@ def test_seeds_reproduce_baselines(bench, method):
 def test_random_genomes_never_crash(bench):
     """Hundreds of random functions (tree-shaped ones too) on crops of the real block matrices."""
     def cropped(operand, index):
-        return [m[:48, :64] for m in block_mats_of(bench)(operand, index)]
+        return [m[:48, :64] for m in EvaluationSession(bench).block_matrices(operand, index)]
 
     features = lambda node: prefix_values(node, cropped, len(bench.blocks))  # noqa: E731
     search = Search(SearchConfig(arithmetic=True), bench.sizes, features, evaluator=None)
@@ -86,7 +88,7 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
         assert key in whole
     out = tmp_path / "results" / "whole"
     # The exported function file replays to exactly the ratios the search found.
-    replayed, _ = function_ratios(load_function(out / "best.json"), block_mats_of(bench),
+    replayed, _ = function_ratios(load_function(out / "best.json"), EvaluationSession(bench).block_matrices,
                                   len(bench.blocks), bench.sizes, TINY.sparsity)
     assert replayed == whole["best"]["ratios"]
     for name in ("best.json", "formula.txt", "ratios.csv", "report.json", "report.md", "convergence.png", "allocation.png"):
@@ -95,11 +97,10 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
 
 def test_kl_objective(dense_bench):
     """KL to the dense model: zero for the dense allocation, positive and growing with sparsity."""
-    from dsa.fitness import LocalEvaluator
-
-    evaluator = LocalEvaluator(dense_bench, "wiki/validation", 1, objective="kl")
-    n = len(dense_bench.blocks)
-    dense, half, seventy = (evaluator.score(evaluator.losses([s] * n, [0])) for s in (0.0, 0.5, 0.7))
+    session = EvaluationSession(dense_bench, "wiki/validation", 1, objective="kl")
+    n = session.n_blocks
+    dense, half, seventy = (score(session.window_losses([s] * n, [0]), session.tokens_per_window, "kl")
+                            for s in (0.0, 0.5, 0.7))
     assert abs(dense) < 1e-4
     assert 0 < half < seventy
 
@@ -107,7 +108,7 @@ def test_kl_objective(dense_bench):
 BREED = """
 import hashlib, random, sys
 junk = [type(f"J{i}", (), {}) for i in range(int(sys.argv[1]))]  # moves later classes in memory
-from dsa.evolution import Search, SearchConfig
+from dsa.search.evolution import Search, SearchConfig
 search = Search(SearchConfig(), None, None, evaluator=None)
 random.seed(5)
 population = [search.random_individual() for _ in range(8)]

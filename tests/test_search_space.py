@@ -12,12 +12,14 @@ from sympy.core.function import AppliedUndef
 
 from search_space import post, pre, reduction, transform
 from search_space.op import Op
-from search_space.reduction import block_alpha, esd, hill_alpha, hill_at, outlier_fraction
+from dsa.allocation import metrics
+from dsa.allocation.metrics import block_alpha, esd, hill_alpha, hill_at, outlier_fraction
 
 X = sympy.Symbol("x")
 
-# REFERENCE.md section 5, in its order (x^2 -> square, abs-log -> abslog, L1/L2 -> l1/l2,
-# log-determinant -> logdet, correlation -> corr; alpha_* and outlier: sections 3-4).
+# DSA's op lists (the paper's search space), in its order (x^2 -> square, abs-log -> abslog,
+# L1/L2 -> l1/l2, log-determinant -> logdet, correlation -> corr; alpha_* and outlier are
+# AlphaPruning's and OWL's block metrics).
 NAMES = {
     pre: "noop abs square exp sigmoid tanh log abslog zscore minmax",
     reduction: "mean var std l1 l2 geomean entropy rank logdet corr alpha_peak alpha_mid outlier",
@@ -124,7 +126,7 @@ def _block(seed=5):
 
 
 def test_elementwise_reductions_match_concatenation(monkeypatch):
-    monkeypatch.setattr(reduction, "CHUNK", 37)  # exercise the chunked path
+    monkeypatch.setattr(metrics, "CHUNK", 37)  # exercise the chunked path
     mats = _block()
     cat = torch.cat([m.reshape(-1) for m in mats]).double()
     n = cat.numel()

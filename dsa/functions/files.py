@@ -16,7 +16,8 @@ from sympy.core.function import AppliedUndef
 
 from search_space import post, pre, reduction, transform
 
-from .genome import ARITHMETIC, EPS_GRID, LAMBDA_GRID, MAX_ARITHMETIC_DEPTH, OPERANDS, _const_name
+from .codec import const_name, const_value, node_name, op_of, stage_of
+from .genome import ARITHMETIC, EPS_GRID, LAMBDA_GRID, MAX_ARITHMETIC_DEPTH, OPERANDS
 
 FORMAT = "dsa-function"
 VERSION = 1
@@ -58,13 +59,13 @@ def _importance_names(node, depth: int = 0) -> list[str]:
         _expect(set(node) == {"op", "args"}, "arithmetic node takes exactly 'op' and 'args'")
         _name_in(node["op"], ARITHMETIC, "arithmetic op")
         _expect(isinstance(node["args"], list) and len(node["args"]) == 2, "arithmetic needs two args")
-        return [f"arith_{node['op']}", *_importance_names(node["args"][0], depth + 1),
+        return [node_name("arith", node["op"]), *_importance_names(node["args"][0], depth + 1),
                 *_importance_names(node["args"][1], depth + 1)]
     _expect(set(node) == {"operand", "pre", "reduction"}, "importance takes 'operand', 'pre', 'reduction'")
     _name_in(node["operand"], OPERANDS, "operand")
     _name_in(node["reduction"], reduction.OPS, "reduction")
     ops = _op_list(node["pre"], pre.OPS, "pre") + ["noop", "noop"]
-    return [f"red_{node['reduction']}", f"pre2_{ops[1]}", f"pre1_{ops[0]}", node["operand"]]
+    return [node_name("red", node["reduction"]), node_name("pre2", ops[1]), node_name("pre1", ops[0]), node["operand"]]
 
 
 def _constant(mapping) -> str:
@@ -78,7 +79,7 @@ def _constant(mapping) -> str:
             "map constant must be a finite number")
     grid = LAMBDA_GRID if kind == "owl" else EPS_GRID
     _expect(any(abs(value - g) < 1e-9 for g in grid), f"map constant {value} is not on the grid {grid}")
-    return _const_name("lam" if kind == "owl" else "eps", min(grid, key=lambda g: abs(g - value)))
+    return const_name("lam" if kind == "owl" else "eps", min(grid, key=lambda g: abs(g - value)))
 
 
 def to_names(data) -> list[str]:
@@ -95,29 +96,30 @@ def to_names(data) -> list[str]:
     _name_in(data.get("post", "noop"), post.OPS, "post op")
     mapping = data.get("map")
     constant = _constant(mapping)
-    return [f"map_{mapping['kind']}", f"post_{data.get('post', 'noop')}", f"tr2_{transforms[1]}",
-            f"tr1_{transforms[0]}", *_importance_names(data.get("importance")), constant]
+    return [node_name("map", mapping["kind"]), node_name("post", data.get("post", "noop")),
+            node_name("tr2", transforms[1]), node_name("tr1", transforms[0]),
+            *_importance_names(data.get("importance")), constant]
 
 
 def from_root(root) -> dict:
     """Genome (parsed pipeline.Node) -> function document."""
     def importance(node):
-        if node.name.startswith("arith_"):
-            return {"op": node.name[6:], "args": [importance(c) for c in node.children]}
+        if stage_of(node.name) == "arith":
+            return {"op": op_of(node.name), "args": [importance(c) for c in node.children]}
         pre2 = node.children[0]
         pre1 = pre2.children[0]
-        ops = [pre1.name[5:], pre2.name[5:]]
+        ops = [op_of(pre1.name), op_of(pre2.name)]
         return {"operand": pre1.children[0].name, "pre": [o for o in ops if o != "noop"],
-                "reduction": node.name[4:]}
+                "reduction": op_of(node.name)}
 
     posted, constant = root.children
     tr2 = posted.children[0]
     tr1 = tr2.children[0]
-    kind = root.name[4:]
-    value = float(constant.name.split("_", 1)[1].replace("p", "."))
+    kind = op_of(root.name)
     return {"format": FORMAT, "version": VERSION, "importance": importance(tr1.children[0]),
-            "transform": [o for o in (tr1.name[4:], tr2.name[4:]) if o != "noop"],
-            "post": posted.name[5:], "map": {"kind": kind, ("lambda" if kind == "owl" else "eps"): value}}
+            "transform": [o for o in (op_of(tr1.name), op_of(tr2.name)) if o != "noop"],
+            "post": op_of(posted.name),
+            "map": {"kind": kind, ("lambda" if kind == "owl" else "eps"): const_value(constant.name)}}
 
 
 def importance_expr(data) -> sympy.Expr:

@@ -1,7 +1,7 @@
 """Where candidates are evaluated: in this process, or on Ray actors (local, or a cluster).
 
 Both pools offer `call(method, *args)` and `map(method, jobs)` over the worker's methods
-(dsa/worker.py), so the search never knows which one it has. Requests carry ratio vectors
+(worker.py), so the search never knows which one it has. Requests carry ratio vectors
 and feature prefixes, replies carry numbers: the model never leaves its worker.
 
 Fault tolerance: Ray restarts a dead actor (it reloads the model from the local cache) and
@@ -54,7 +54,6 @@ class RayPool:
         self.actors = actors
         self.started_ray = started_ray
         self.startup_s = startup_s
-        self.dropped = 0
 
     @property
     def size(self) -> int:
@@ -81,7 +80,7 @@ class RayPool:
         remote = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(Worker)
         actors = [remote.options(**options).remote(*worker_args, threads=threads) for _ in range(workers)]
         pool = cls(actors, started, 0.0)
-        pool.infos = pool.gather("info")  # waits for every model load; surfaces a failed one
+        pool.gather("info")  # waits for every model load; surfaces a failed one
         pool.startup_s = time.perf_counter() - tic
         return pool
 
@@ -129,7 +128,6 @@ class RayPool:
     def _drop(self, actor, err) -> None:
         if actor in self.actors:
             self.actors.remove(actor)
-            self.dropped += 1
         if not self.actors:
             raise UserError(f"every worker died; last error: {_one_line(err)}")
         tqdm.write(f"a worker died ({_one_line(err)}); its jobs go to the {len(self.actors)} left")

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .fitness import ratio_key
-from .genome import SEEDS, Ratios, build_pset, names_of, random_subtree, seed_names, tree_from_names
-from .pipeline import FeatureMemo, InvalidFunction, allocation_ratios, parse
+from dsa.functions.genome import SEEDS, Ratios, build_pset, names_of, random_subtree, seed_names, tree_from_names
+from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, parse
 
 PENALTY = 1e9  # fitness of a function that yields no valid ratios: never selected, never a crash
 
@@ -166,9 +166,6 @@ class Search:
             self.state.windows_evaluated += len(missing)
         return [self.evaluator.score([self.state.losses[ratio_key(r)][str(i)] for i in range(count)])
                 for r in allocations]
-
-    def full_fitness(self, ratios) -> float:
-        return self.fitness([ratios], self.config.fitness_windows)[0]
 
     def _assign(self, ind, value: float) -> None:
         ind.fitness.values = (value,)

@@ -16,41 +16,54 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Sequence
 
+from evaluators.cache import atomic_write_text, staged_directory
 from evaluators.errors import UserError
 from evaluators.models import LoadedModel
+from evaluators.sequential import SPARSEGPT_BLOCK_SIZE, SPARSEGPT_DAMPING
 
 SAVE_MARKER = "dsa.json"
 MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
-SPARSEGPT_ARGS = {"block_size": 128, "dampening_frac": 0.01}  # as evaluators/sequential.py prunes
+SPARSEGPT_ARGS = {"block_size": SPARSEGPT_BLOCK_SIZE, "dampening_frac": SPARSEGPT_DAMPING}  # as we prune
 STAGE, GROUP = "sparsity_stage", "sparsity_modifiers"
 
 
 def check_save_dir(directory) -> Path:
-    """Refuse to write into a non-empty directory that is not an earlier save (before any work)."""
+    """Refuse, before any work, a target that is not new, empty, or an untouched earlier save.
+
+    An earlier save lists the files it wrote in dsa.json; one holding anything else (a user's
+    notes) is refused rather than replaced, so nothing the tool did not write is ever deleted.
+    """
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise UserError(f"--save {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / SAVE_MARKER).is_file():
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    marker = out / SAVE_MARKER
+    if not marker.is_file():
         raise UserError(f"--save {out}: directory is not empty and holds no {SAVE_MARKER}; choose a new directory")
+    try:
+        written = set(json.loads(marker.read_text())["files"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"--save {out}: its {SAVE_MARKER} does not list the files it wrote; choose a new directory")
+    others = sorted(p.name for p in out.iterdir() if p.name not in written | {SAVE_MARKER})
+    if others:
+        raise UserError(f"--save {out}: holds files dsa did not write ({', '.join(others[:3])}); choose a new directory")
     return out
 
 
 def save_pruned(loaded: LoadedModel, directory, info: dict) -> Path:
     """Write model (safetensors), tokenizer and dsa.json to `directory` (replacing an earlier save)."""
     out = check_save_dir(directory)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    loaded.model.save_pretrained(tmp)
-    loaded.tokenizer.save_pretrained(tmp)
-    if not any(tmp.glob("*.safetensors")):
-        raise UserError(f"the model was not saved as safetensors in {tmp}")
-    (tmp / SAVE_MARKER).write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with staged_directory(out) as tmp:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        if not any(tmp.glob("*.safetensors")):
+            raise UserError(f"the model was not saved as safetensors in {out}")
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / SAVE_MARKER).write_text(json.dumps({**info, "files": files}, indent=2))
     return out
 
 
@@ -100,14 +113,11 @@ def recipe_sparsities(recipe: dict) -> tuple[str, dict]:
 def write_recipe(path, recipe: dict, header: Sequence[str] = ()) -> Path:
     """YAML (or JSON when the name ends in .json), both readable by Recipe.create_instance."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(recipe, indent=2) + "\n")
-        return path
+        return atomic_write_text(path, json.dumps(recipe, indent=2) + "\n")
     try:
         import yaml
     except ImportError:
         raise UserError("writing a YAML recipe needs PyYAML: pip install pyyaml (or name the file .json)")
     comments = "".join(f"# {line}\n" for line in header)
-    path.write_text(comments + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100))
-    return path
+    return atomic_write_text(path, comments + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100))

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
+from dsa.distributed.pool import open_pool
+from dsa.functions.files import from_root
 from evaluators.workbench import BenchConfig, Workbench
 
 from .evolution import Search, SearchConfig, SearchState
 from .fitness import PoolEvaluator
-from .function import from_root
-from .pool import open_pool
 from .report import write_report
 
 REPORT_BASELINES = ("uniform", "owl", "alphapruning")
@@ -80,8 +80,8 @@ def run(config: RunConfig, state: SearchState | None = None, bench: Workbench | 
         stop_after: int | None = None, workers: int | None = 0, address: str | None = None) -> dict | None:
     """Run or resume a search; returns the report, or None when stopped early by `stop_after`.
 
-    `workers`: 0 evaluates in this process (on `bench` when given), None or N starts Ray
-    workers (None: one per GPU, else one using every CPU core); `address` joins a cluster.
+    A loaded `bench`, or `workers=0`, evaluates in this process; otherwise `workers` Ray actors
+    (None: one per GPU, else one using every CPU core); `address` joins a cluster.
     """
     start = time.perf_counter()
     worker_args = (config.bench, config.fitness_text, config.search.fitness_windows, config.objective)

@@ -9,7 +9,9 @@ meeting sum(sizes * ratios) == sparsity * sum(sizes) with each ratio in [0, max_
 import torch
 from torch import Tensor
 
-from dsa.ratios import DEFAULT_MAX_RATIO, alpha_map, owl_map, rebalance, uniform
+from .constants import ALPHA_EPS, ALPHA_MODE, OWL_LAMBDA, OWL_M
+from .metrics import block_alpha, outlier_fraction
+from .ratios import DEFAULT_MAX_RATIO, alpha_map, owl_map, rebalance, uniform
 
 # Above this many scores the global threshold is estimated on a subsample: the exact
 # kthvalue needs the float32 concatenation (~0.5 GB at 2**27 elements) plus a working copy.
@@ -27,21 +29,19 @@ def uniform_ratios(sizes, sparsity: float) -> Tensor:
     return uniform(sizes, sparsity)
 
 
-def owl_ratios(block_scores: list[list[Tensor]], sizes, sparsity: float, m: float = 5.0,
-               lam: float = 0.08, max_ratio: float = DEFAULT_MAX_RATIO) -> tuple[Tensor, Tensor]:
+def owl_ratios(block_scores: list[list[Tensor]], sizes, sparsity: float, m: float = OWL_M,
+               lam: float = OWL_LAMBDA, max_ratio: float = DEFAULT_MAX_RATIO) -> tuple[Tensor, Tensor]:
     """OWL: metric = fraction of a block's Wanda scores above m * their mean.
 
     More outliers (more important block) -> less pruning, ratios within sparsity +- lam.
     """
-    from search_space.reduction import outlier_fraction  # sibling module, written separately
-
     _check_block_count(block_scores, sizes)
     metric = torch.tensor([outlier_fraction(mats, m=m) for mats in block_scores], dtype=torch.float64)
     return owl_map(metric, sizes, sparsity, lam, max_ratio), metric
 
 
 def alphapruning_ratios(block_weights: list[list[Tensor]] | None, sizes, sparsity: float,
-                        eps: float = 0.3, mode: str = "peak", alphas=None,
+                        eps: float = ALPHA_EPS, mode: str = ALPHA_MODE, alphas=None,
                         max_ratio: float = DEFAULT_MAX_RATIO) -> tuple[Tensor, Tensor]:
     """AlphaPruning: metric = mean PL_Alpha_Hill of a block's weight matrices.
 
@@ -51,8 +51,6 @@ def alphapruning_ratios(block_weights: list[list[Tensor]] | None, sizes, sparsit
     if alphas is not None:
         metric = torch.as_tensor(alphas, dtype=torch.float64).reshape(-1)
     else:
-        from search_space.reduction import block_alpha  # sibling module, written separately
-
         if block_weights is None:
             raise ValueError("pass block_weights or precomputed alphas")
         metric = torch.tensor([block_alpha(mats, mode=mode) for mats in block_weights], dtype=torch.float64)

@@ -13,7 +13,10 @@ import random
 
 from deap import gp
 
+from dsa.allocation.constants import ALPHA_EPS, OWL_LAMBDA
 from search_space import post, pre, reduction, transform
+
+from .codec import const_name, node_name, stage_of
 
 OPERANDS = ("wanda", "magnitude", "weight")
 LAMBDA_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25)
@@ -35,35 +38,31 @@ class Lam: ...
 class Eps: ...
 
 
-def _const_name(prefix: str, value: float) -> str:
-    return f"{prefix}_{value:g}".replace(".", "p")
-
-
 def build_pset(arithmetic: bool = False) -> gp.PrimitiveSetTyped:
     """The primitive set; primitives are names only (the interpreter in pipeline.py runs them)."""
     pset = gp.PrimitiveSetTyped("allocation", [], Ratios)
     stub = lambda *args: None  # noqa: E731 - never called: trees are interpreted, not compiled
     for name in pre.OPS:
-        pset.addPrimitive(stub, [Operand], Pre1, name=f"pre1_{name}")
-        pset.addPrimitive(stub, [Pre1], Pre2, name=f"pre2_{name}")
+        pset.addPrimitive(stub, [Operand], Pre1, name=node_name("pre1", name))
+        pset.addPrimitive(stub, [Pre1], Pre2, name=node_name("pre2", name))
     for name in reduction.OPS:
-        pset.addPrimitive(stub, [Pre2], BlockVec, name=f"red_{name}")
+        pset.addPrimitive(stub, [Pre2], BlockVec, name=node_name("red", name))
     if arithmetic:
         for name in ARITHMETIC:
-            pset.addPrimitive(stub, [BlockVec, BlockVec], BlockVec, name=f"arith_{name}")
+            pset.addPrimitive(stub, [BlockVec, BlockVec], BlockVec, name=node_name("arith", name))
     for name in transform.OPS:
-        pset.addPrimitive(stub, [BlockVec], Tr1, name=f"tr1_{name}")
-        pset.addPrimitive(stub, [Tr1], Tr2, name=f"tr2_{name}")
+        pset.addPrimitive(stub, [BlockVec], Tr1, name=node_name("tr1", name))
+        pset.addPrimitive(stub, [Tr1], Tr2, name=node_name("tr2", name))
     for name in post.OPS:
-        pset.addPrimitive(stub, [Tr2], Posted, name=f"post_{name}")
-    pset.addPrimitive(stub, [Posted, Lam], Ratios, name="map_owl")
-    pset.addPrimitive(stub, [Posted, Eps], Ratios, name="map_alpha")
+        pset.addPrimitive(stub, [Tr2], Posted, name=node_name("post", name))
+    pset.addPrimitive(stub, [Posted, Lam], Ratios, name=node_name("map", "owl"))
+    pset.addPrimitive(stub, [Posted, Eps], Ratios, name=node_name("map", "alpha"))
     for name in OPERANDS:
         pset.addTerminal(name, Operand, name=name)
     for value in LAMBDA_GRID:
-        pset.addTerminal(value, Lam, name=_const_name("lam", value))
+        pset.addTerminal(value, Lam, name=const_name("lam", value))
     for value in EPS_GRID:
-        pset.addTerminal(value, Eps, name=_const_name("eps", value))
+        pset.addTerminal(value, Eps, name=const_name("eps", value))
     return pset
 
 
@@ -75,8 +74,8 @@ def random_subtree(pset: gp.PrimitiveSetTyped, type_=Ratios, rng: random.Random 
         return [rng.choice(pset.terminals[type_])]
     prims = pset.primitives[type_]
     if type_ is BlockVec:
-        arith = [p for p in prims if p.name.startswith("arith_")]
-        plain = [p for p in prims if not p.name.startswith("arith_")]
+        arith = [p for p in prims if stage_of(p.name) == "arith"]
+        plain = [p for p in prims if stage_of(p.name) != "arith"]
         use_arith = arith and depth < MAX_ARITHMETIC_DEPTH and rng.random() < arith_prob
         prims = arith if use_arith else plain
         depth += 1 if use_arith else 0
@@ -101,15 +100,17 @@ def names_of(tree) -> list[str]:
 
 def seed_names(method: str) -> list[str]:
     """The individuals whose ratios equal the baseline implementations."""
-    chain = ["post_noop", "tr2_noop", "tr1_noop"]
+    chain = [node_name("post", "noop"), node_name("tr2", "noop"), node_name("tr1", "noop")]
+    plain = [node_name("pre2", "noop"), node_name("pre1", "noop")]
     if method == "uniform":  # lambda = 0 makes OWL's map flat whatever the metric
-        return ["map_owl", *chain, "red_mean", "pre2_noop", "pre1_noop", "wanda", _const_name("lam", 0.0)]
+        return [node_name("map", "owl"), *chain, node_name("red", "mean"), *plain, "wanda", const_name("lam", 0.0)]
     if method == "owl":
-        return ["map_owl", *chain, "red_outlier", "pre2_noop", "pre1_noop", "wanda", _const_name("lam", 0.08)]
+        return [node_name("map", "owl"), *chain, node_name("red", "outlier"), *plain, "wanda",
+                const_name("lam", OWL_LAMBDA)]
     if method == "alphapruning":
-        return ["map_alpha", *chain, "red_alpha_peak", "pre2_noop", "pre1_noop", "weight", _const_name("eps", 0.3)]
+        return [node_name("map", "alpha"), *chain, node_name("red", "alpha_peak"), *plain, "weight",
+                const_name("eps", ALPHA_EPS)]
     raise ValueError(f"no seed for {method!r}")
 
 
 SEEDS = ("uniform", "owl", "alphapruning")
-CONSTANTS = {**{_const_name("lam", v): v for v in LAMBDA_GRID}, **{_const_name("eps", v): v for v in EPS_GRID}}

@@ -174,3 +174,28 @@ def alpha_map(values, sizes, sparsity: float, eps: float, max_ratio: float = DEF
         return rebalance(uniform(sizes, sparsity), sizes, sparsity, max_ratio)
     scale = sparsity / mean_relative
     return rebalance(scale * relative, sizes, sparsity, max_ratio)
+
+
+def sanitize_dsa(values) -> Tensor:
+    """DSA's own special values (lib/autolayer.py): NaN -> 0 and +-inf -> -1, as float64."""
+    return torch.nan_to_num(_as_float64(values), nan=0.0, posinf=-1.0, neginf=-1.0)
+
+
+def dsa_map(values, sizes, sparsity: float, lam: float, max_ratio: float = DEFAULT_MAX_RATIO) -> Tensor:
+    """DSA's map (lliai/DSA lib/prune_all.py): larger value (importance) -> MORE pruning.
+
+    x = minmax(values); x = 1 - x; d = minmax(x) * 2 * lam; density = d - mean_w(d) + (1 - sparsity);
+    ratio = 1 - density, i.e. ratio = sparsity + 2 * lam * (minmax(values) - mean_w(minmax(values))).
+    The opposite direction of owl_map; mean_w is the parameter-weighted mean (DSA's plain mean
+    when blocks are equal-sized). All-equal or non-finite values give the uniform allocation.
+    """
+    values = _as_float64(values)
+    _check_lengths(values, sizes)
+    if lam < 0:
+        raise ValueError(f"lam must be non-negative, got {lam}")
+    scaled = _minmax(values)
+    if scaled is None:
+        return rebalance(uniform(sizes, sparsity), sizes, sparsity, max_ratio)
+    spread = (1.0 - scaled) * (2.0 * lam)
+    density = spread - weighted_mean(spread, sizes) + (1.0 - sparsity)
+    return rebalance(1.0 - density, sizes, sparsity, max_ratio)

@@ -2,46 +2,47 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
 from evaluators.assets import cache_dir
+from evaluators.cache import cached
 from evaluators.errors import UserError
 from evaluators.workbench import Workbench
 
 from . import baselines
+from .constants import ALPHA_EPS, ALPHA_MODE, OWL_LAMBDA, OWL_M
+from .metrics import block_alpha
 
 METHODS = ("uniform", "global", "er", "owl", "alphapruning", "lamp")
 
 
 @dataclass(frozen=True)
 class BaselineOptions:
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
-    alpha_eps: float = 0.3
-    alpha_mode: str = "peak"
+    owl_m: float = OWL_M
+    owl_lambda: float = OWL_LAMBDA
+    alpha_eps: float = ALPHA_EPS
+    alpha_mode: str = ALPHA_MODE
 
 
-def block_alphas(bench: Workbench, mode: str = "peak") -> torch.Tensor:
+def block_alphas(bench: Workbench, mode: str = ALPHA_MODE) -> torch.Tensor:
     """Mean PL_Alpha_Hill per block; the SVDs run once per model and are cached as JSON."""
-    from search_space.reduction import block_alpha
+    def compute():
+        start = time.perf_counter()
+        alphas = [block_alpha(bench.dense_weights(i), mode=mode) for i in range(len(bench.blocks))]
+        return {"alphas": alphas, "mode": mode, "seconds": time.perf_counter() - start}
+
+    def load(path):
+        entry = json.loads(path.read_text())
+        if len(entry["alphas"]) != len(bench.blocks):
+            raise ValueError("one alpha per block expected")
+        return entry
 
     path = cache_dir() / "spectra" / f"{bench.loaded.fingerprint}-{mode}.json"
-    if path.exists():
-        try:
-            return torch.tensor(json.loads(path.read_text())["alphas"], dtype=torch.float64)
-        except (ValueError, KeyError):
-            print(f"alpha cache {path} is corrupt; recomputing", file=sys.stderr)
-    start = time.perf_counter()
-    alphas = [block_alpha(bench.dense_weights(i), mode=mode) for i in range(len(bench.blocks))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"alphas": alphas, "mode": mode, "seconds": time.perf_counter() - start}))
-    tmp.replace(path)
-    return torch.tensor(alphas, dtype=torch.float64)
+    entry = cached(path, load, compute, lambda value, tmp: tmp.write_text(json.dumps(value)), "alpha")
+    return torch.tensor(entry["alphas"], dtype=torch.float64)
 
 
 def baseline_ratios(method: str, bench: Workbench, sparsity: float,

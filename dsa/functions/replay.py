@@ -6,7 +6,7 @@ from pathlib import Path
 
 from evaluators.errors import UserError
 
-from .function import MAX_FILE_BYTES, FunctionError, to_names
+from .files import MAX_FILE_BYTES, FunctionError, to_names
 from .genome import build_pset
 from .pipeline import FeatureMemo, allocation_ratios, block_values, parse
 

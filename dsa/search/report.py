@@ -12,8 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .comparison import plot_allocations
-from .function import describe
+from dsa.functions.files import describe
+from dsa.outputs.comparison import plot_allocations
+from evaluators.cache import atomic_write_text
 
 
 def _plots(out: Path, history: list[dict], baseline_val: dict[str, float], allocations: dict, label: str) -> None:
@@ -43,8 +44,8 @@ def write_report(out: Path, function: dict, allocations: dict[str, list[float]],
                  label: str) -> dict:
     """`allocations`, `val` and `test` are keyed by 'best' and each baseline name."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "best.json").write_text(json.dumps(function, indent=2))
-    (out / "formula.txt").write_text(describe(function) + "\n")
+    atomic_write_text(out / "best.json", json.dumps(function, indent=2))
+    atomic_write_text(out / "formula.txt", describe(function) + "\n")
     with open(out / "ratios.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["block", *allocations])
@@ -54,7 +55,7 @@ def write_report(out: Path, function: dict, allocations: dict[str, list[float]],
     report = {"best": {"function": function, "ratios": allocations["best"], "val_ppl": val["best"],
                        "test_ppl": test["best"]},
               "baselines": baselines, **counters, "config": config}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     texts = list(test["best"])
     lines = [f"# Search result ({label})", "", "```", describe(function), "```", "",
              f"| allocation | validation | {' | '.join(texts)} |", "|---|---|" + "---|" * len(texts)]
@@ -67,6 +68,6 @@ def write_report(out: Path, function: dict, allocations: dict[str, list[float]],
               f"On {texts[0]} the best function is {-gain:.1f}% higher in perplexity than the best baseline ({best_base}).",
               "", f"evaluations {counters['evaluations']}, cache hits {counters['cache_hits']}, feature cache hits "
               f"{counters['feature_cache_hits']}, wall {counters['wall_s']:.0f} s", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     _plots(out, history, {n: val[n] for n in allocations if n != "best" and math.isfinite(val[n])}, allocations, label)
     return report

@@ -13,8 +13,9 @@ import torch
 
 from search_space import post, pre, reduction, transform
 
-from . import ratios as ratio_maps
-from .genome import CONSTANTS
+from dsa.allocation import ratios as ratio_maps
+
+from .codec import const_value, op_of, stage_of
 
 
 class InvalidFunction(ValueError):
@@ -58,10 +59,15 @@ def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor
     pre2 = node.children[0]
     pre1 = pre2.children[0]
     operand = pre1.children[0].name
-    reduce = reduction.OPS[node.name.removeprefix("red_")].fn
-    first = pre.OPS[pre1.name.removeprefix("pre1_")].fn
-    second = pre.OPS[pre2.name.removeprefix("pre2_")].fn
+    reduce = reduction.OPS[op_of(node.name)].fn
+    first = pre.OPS[op_of(pre1.name)].fn
+    second = pre.OPS[op_of(pre2.name)].fn
     return [float(reduce([second(first(m)) for m in block_mats(operand, i)])) for i in range(n_blocks)]
+
+
+def features_on(block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> Callable[[Node], list[float]]:
+    """A prefix -> per-block values function over local matrices (e.g. a session's)."""
+    return lambda node: prefix_values(node, block_mats, n_blocks)
 
 
 class FeatureMemo:
@@ -78,7 +84,7 @@ class FeatureMemo:
 
     @classmethod
     def over(cls, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> "FeatureMemo":
-        return cls(lambda node: prefix_values(node, block_mats, n_blocks))
+        return cls(features_on(block_mats, n_blocks))
 
     def get(self, node: Node) -> torch.Tensor:
         key = prefix_key(node)
@@ -89,12 +95,12 @@ class FeatureMemo:
         return torch.tensor(self.values[key], dtype=torch.float64)
 
 
-def _arith(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if name == "arith_add":
+def _arith(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if op == "add":
         return a + b
-    if name == "arith_sub":
+    if op == "sub":
         return a - b
-    if name == "arith_mul":
+    if op == "mul":
         return a * b
     # protected division: 1 where the divisor vanishes
     return torch.where(b.abs() > 1e-12, a / torch.where(b.abs() > 1e-12, b, 1.0), torch.ones_like(a))
@@ -102,28 +108,29 @@ def _arith(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def block_values(node: Node, memo: FeatureMemo) -> torch.Tensor:
     """Value of a BlockVec-or-later node (reduction, arithmetic, transform or post)."""
-    name = node.name
-    if name.startswith("red_"):
+    stage, op = stage_of(node.name), op_of(node.name)
+    if stage == "red":
         return memo.get(node)
-    if name.startswith("arith_"):
-        return _arith(name, block_values(node.children[0], memo), block_values(node.children[1], memo))
+    if stage == "arith":
+        return _arith(op, block_values(node.children[0], memo), block_values(node.children[1], memo))
     inner = block_values(node.children[0], memo)
     with torch.no_grad():
-        if name.startswith(("tr1_", "tr2_")):
-            return transform.OPS[name[4:]].fn(inner)
-        if name.startswith("post_"):
-            return post.OPS[name[5:]].fn(inner)
-    raise ValueError(f"unexpected node {name}")
+        if stage in ("tr1", "tr2"):
+            return transform.OPS[op].fn(inner)
+        if stage == "post":
+            return post.OPS[op].fn(inner)
+    raise ValueError(f"unexpected node {node.name}")
 
 
 def allocation_ratios(root: Node, memo: FeatureMemo, sizes: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Per-block ratios of a whole function; raises InvalidFunction when it yields none."""
     posted, constant = root.children
     values = ratio_maps.sanitize(block_values(posted, memo))
-    value = CONSTANTS[constant.name]
-    if root.name == "map_owl":
+    value = const_value(constant.name)
+    kind = op_of(root.name)
+    if kind == "owl":
         result = ratio_maps.owl_map(values, sizes, sparsity, value)
-    elif root.name == "map_alpha":
+    elif kind == "alpha":
         result = ratio_maps.alpha_map(values, sizes, sparsity, value)
     else:
         raise ValueError(f"unexpected root {root.name}")

@@ -2,23 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from evaluators.cache import atomic_write_text
 
 STATE_FILE = "state.json"
 
 
 def save(directory, document: dict) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / STATE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(document, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(directory) / STATE_FILE, json.dumps(document))
 
 
 def load(directory) -> dict:

@@ -1,0 +1,48 @@
+"""A search worker: one evaluation session (evaluators/session.py) behind small requests.
+
+The worker adds only what the search asks of a model: a function prefix's per-block features
+and the baselines' ratios. The search driver talks to workers through a pool (pool.py): in this
+process, or as Ray actors, one per GPU or per share of CPU cores.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dsa.allocation.allocate import baseline_ratios
+from dsa.functions.pipeline import Node, features_on
+from evaluators.session import EvaluationSession
+from evaluators.workbench import BenchConfig, Workbench
+
+
+class Worker:
+    def __init__(self, bench: BenchConfig | Workbench, fitness_text: str, fitness_windows: int,
+                 objective: str = "ppl", threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)  # the cores this worker was given, not the machine's
+        self.session = EvaluationSession(bench, fitness_text, fitness_windows, objective)
+        self.features_fn = features_on(self.session.block_matrices, self.session.n_blocks)
+
+    def info(self) -> dict:
+        return {"sizes": self.session.sizes.tolist(), "tokens_per_window": self.session.tokens_per_window,
+                "pid": os.getpid(), "device": str(self.session.bench.loaded.device)}
+
+    def features(self, node: Node) -> list[float]:
+        return self.features_fn(node)
+
+    def losses(self, ratios: list[float], indices: list[int]) -> list[float]:
+        return self.session.window_losses(ratios, indices)
+
+    def baseline_ratios(self, method: str, sparsity: float) -> list[float]:
+        return baseline_ratios(method, self.session.bench, sparsity)[0]
+
+    def validation_ppl(self, ratios: list[float]) -> float:
+        return self.session.fitness_perplexity(ratios)
+
+    def perplexities(self, ratios: list[float], texts: list[str], windows: int) -> dict[str, float]:
+        """Perplexity on each report text, pruned with the cached scores as in the search."""
+        return self.session.pruned_perplexities(ratios, texts, windows)
+
+    def memory(self) -> dict[str, int]:
+        return self.session.memory()

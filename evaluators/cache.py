@@ -1,0 +1,85 @@
+"""Files written so that a kill never leaves half of one, and caches that recompute what is damaged.
+
+Every file this project writes (checkpoints, caches, reports) goes through `atomic_write`: the
+content lands in a private temporary file beside the target, which then replaces it in one
+rename. `cached` is the one "load it if it is there and sound, else compute and store it" rule.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def atomic_write(path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a fresh temporary file beside `path`, then rename it over `path`.
+
+    The temporary name is unique per call, so two writers never share (or delete) one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:  # on disk before the rename makes it visible
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+@contextmanager
+def staged_directory(target) -> Iterator[Path]:
+    """A private new directory beside `target` to fill; on success it takes `target`'s place.
+
+    An existing `target` is moved aside and removed only once the new one is in place, so an
+    interrupted write leaves the old directory or the new one, never a mix. On failure the
+    staging directory (ours alone) is removed and `target` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+        os.replace(target, old)  # onto our own empty directory
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cached(path, load: Callable[[Path], T], compute: Callable[[], T], save: Callable[[T, Path], None],
+           what: str) -> T:
+    """`load(path)` when the entry exists and loads; otherwise `compute()`, stored atomically.
+
+    `load` raises on a damaged entry (the caller's loader checks whatever it can), which is
+    then recomputed and replaced with a warning.
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            return load(path)
+        except Exception as err:  # any damage: the entry is only a cache
+            print(f"{what} cache {path} is damaged ({err.__class__.__name__}); recomputing", file=sys.stderr)
+    value = compute()
+    atomic_write(path, lambda tmp: save(value, tmp))
+    return value

@@ -1,0 +1,142 @@
+"""The model side of every evaluation, in one place: prune at ratios, measure, restore.
+
+A session owns a Workbench (model, calibration, cached score orders) and answers small
+requests: ratio vectors in, numbers out. The search's Ray workers wrap one session each;
+apply.py and bench/ use one directly.
+
+Two ways to prune:
+- `prune_cached(ratios)`: the search's fast form (dense-activation scores, cached per-row
+  orders, incremental re-pruning);
+- `prune(ratios, pruner, ...)`: the final pruners (sequential Wanda or SparseGPT, magnitude),
+  as the papers prune.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .perplexity import perplexity
+from .pruning import zero_fraction
+from .sequential import sequential_prune
+from .workbench import BenchConfig, Workbench
+
+OBJECTIVES = ("ppl", "kl")
+PRUNERS = ("wanda", "sparsegpt", "magnitude")
+WANDA_FORMS = ("sequential", "cached")
+OPERANDS = ("wanda", "magnitude", "weight")  # what a block's matrices can be: scores or weights
+
+
+class EvaluationSession:
+    """One model, loaded once, and everything measured on it.
+
+    `fitness_text` and `fitness_windows` name the validation windows the search selects on
+    (none for apply.py); `objective` is what a window's loss is: NLL, or KL to the dense model.
+    """
+
+    def __init__(self, bench: BenchConfig | Workbench, fitness_text: str | None = None,
+                 fitness_windows: int = 0, objective: str = "ppl"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}")
+        self.bench = bench if isinstance(bench, Workbench) else Workbench(bench)
+        self.objective = objective
+        self.windows = self.bench.windows(fitness_text, fitness_windows) if fitness_text else None
+        self.dense_logprobs = self._logprobs_of_windows() if objective == "kl" else None
+
+    # ---- what the model is ------------------------------------------------------------------
+    @property
+    def sizes(self) -> torch.Tensor:
+        return self.bench.sizes
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.bench.blocks)
+
+    @property
+    def tokens_per_window(self) -> int:
+        return int(self.windows.shape[1] - 1)
+
+    def block_matrices(self, operand: str, index: int) -> list[torch.Tensor]:
+        """Block `index`'s dense matrices as an allocation function sees them (scores or weights)."""
+        if operand == "weight":
+            return self.bench.dense_weights(index)
+        return self.bench.block_scores(index, operand)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held: the model, the dense copy of its prunable weights, and their score orders."""
+        parameters = list(self.bench.loaded.model.parameters())
+        return {"params": sum(p.numel() for p in parameters),
+                "model_bytes": sum(p.numel() * p.element_size() for p in parameters), **self.bench.pruner.memory()}
+
+    # ---- pruning ------------------------------------------------------------------------------
+    def prune_cached(self, ratios: Sequence[float]) -> None:
+        """The search's form: each row's lowest dense-activation scores, from the cached orders."""
+        self.bench.pruner.prune(list(ratios))
+
+    def prune(self, ratios: Sequence[float], pruner: str = "wanda", nm: tuple[int, int] | None = None,
+              wanda_form: str = "sequential") -> float:
+        """Restore the dense weights, prune with a final pruner, return the achieved sparsity.
+
+        Wanda `sequential` propagates calibration activations through the pruned blocks (the
+        paper's procedure); `cached` uses the dense-model scores the search uses. Magnitude needs
+        no activations. SparseGPT is always sequential (its updates change later inputs).
+        """
+        if pruner not in PRUNERS:
+            raise UserError(f"unknown pruner {pruner!r}: use one of {', '.join(PRUNERS)}")
+        if wanda_form not in WANDA_FORMS:
+            raise UserError(f"unknown wanda form {wanda_form!r}: use one of {', '.join(WANDA_FORMS)}")
+        if pruner == "magnitude" and self.bench.config.metric != "magnitude":
+            raise UserError("--pruner magnitude needs --metric magnitude (the score orders it prunes by)")
+        bench = self.bench
+        bench.pruner.restore()
+        if pruner == "sparsegpt" or (pruner == "wanda" and wanda_form == "sequential"):
+            sequential_prune(bench.loaded, bench.calib, ratios, pruner, nm, bench.config.batch_size)
+            bench.pruner.mark_modified()
+        elif nm:
+            bench.pruner.prune_n_m(*nm)
+        else:
+            bench.pruner.prune(list(ratios))
+        return zero_fraction(bench.loaded)
+
+    def restore(self) -> None:
+        self.bench.pruner.restore()
+
+    # ---- measuring ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def window_losses(self, ratios: Sequence[float], indices: Sequence[int]) -> list[float]:
+        """Prune (cached form); summed loss of each requested fitness window (NLL, or KL to dense)."""
+        self.prune_cached(ratios)
+        windows = self.windows[list(indices)]
+        if self.objective == "ppl":
+            return self.bench.window_nll(windows).tolist()
+        out = []
+        for index, window in zip(indices, windows):
+            logprobs = self._logprobs(window)
+            out.append(F.kl_div(logprobs, self.dense_logprobs[index], log_target=True, reduction="sum").item())
+        return out
+
+    def fitness_perplexity(self, ratios: Sequence[float]) -> float:
+        """Perplexity on all fitness windows, pruned as in the search, whatever the objective."""
+        self.prune_cached(ratios)
+        return perplexity(self.bench.loaded.model, self.windows, self.bench.config.batch_size)
+
+    def perplexities(self, texts: Sequence[str], windows: int, label: str = "") -> dict[str, float]:
+        """Perplexity of the model as it is now on each named text."""
+        return {text: self.bench.perplexity(text, windows, progress=f"{label} {text}".strip()) for text in texts}
+
+    def pruned_perplexities(self, ratios: Sequence[float], texts: Sequence[str], windows: int) -> dict[str, float]:
+        """Perplexity on each text after pruning in the search's (cached) form."""
+        self.prune_cached(ratios)
+        return self.perplexities(texts, windows)
+
+    @torch.no_grad()
+    def _logprobs(self, window: torch.Tensor) -> torch.Tensor:
+        model = self.bench.loaded.model
+        return torch.log_softmax(model(window[None].to(self.bench.loaded.device), use_cache=False).logits[0, :-1].float(), -1)
+
+    def _logprobs_of_windows(self) -> list[torch.Tensor]:
+        self.bench.pruner.restore()
+        return [self._logprobs(w) for w in self.windows]
+

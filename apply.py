@@ -9,18 +9,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
-from dsa.allocation.constants import ALPHA_EPS, OWL_LAMBDA, OWL_M
+from dsa.allocation.baselines import atp_grid
+from dsa.allocation.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
 from dsa.functions.files import describe, importance_expr, map_of, same_formula
 from dsa.functions.replay import function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
-from evaluators.cache import atomic_write_text
+from evaluators.cache import atomic_write_text, check_output_dir, check_output_file
 from evaluators.errors import UserError, exits_cleanly
 from evaluators.pruning import parse_structure
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
@@ -58,38 +61,84 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16/fp16 on GPU, fp32 on CPU)")
     parser.add_argument("--owl-m", type=float, default=OWL_M, help="OWL outlier threshold M (default: %(default)s)")
     parser.add_argument("--owl-lambda", type=float, default=OWL_LAMBDA, help="OWL ratio spread lambda (default: %(default)s)")
-    parser.add_argument("--alpha-eps", type=float, default=ALPHA_EPS,
-                        help="AlphaPruning ratio spread eps (default: %(default)s)")
+    parser.add_argument("--alpha-eps", type=float, default=None,
+                        help="AlphaPruning ratio spread eps (default: as its scripts, 0.2 with wanda and "
+                             "sparsegpt, 0.3 with magnitude)")
     parser.add_argument("--alpha-mode", choices=("peak", "mid"), default="peak",
                         help="PL_Alpha_Hill xmin choice (default: %(default)s)")
+    parser.add_argument("--dlp-alpha", type=float, default=DLP_ALPHA, help="DLP ratio spread alpha (default: %(default)s)")
+    parser.add_argument("--atp-step", type=float, default=None,
+                        help="ATP's common difference (default: chosen on --atp-text from a grid, with the final pruner)")
+    parser.add_argument("--atp-text", default="wiki/validation",
+                        help="validation text ATP's difference is chosen on (default: %(default)s)")
 
 
 def _session(args) -> EvaluationSession:
     if args.seqlen < 2 or args.calib_windows < 1 or args.eval_windows < 1 or args.batch_size < 1:
         raise UserError("--seqlen must be >= 2 and window counts and --batch-size >= 1")
-    metric = "magnitude" if args.pruner == "magnitude" else "wanda"
+    metric = "magnitude" if args.pruner.startswith("magnitude") else "wanda"
     return EvaluationSession(BenchConfig(model=args.model, metric=metric, calib_text=args.calib,
                                          calib_windows=args.calib_windows, seqlen=args.seqlen,
                                          batch_size=args.batch_size, device=args.device, dtype=args.dtype))
 
 
 def _options(args) -> BaselineOptions:
-    return BaselineOptions(args.owl_m, args.owl_lambda, args.alpha_eps, args.alpha_mode)
+    eps = args.alpha_eps if args.alpha_eps is not None else alpha_eps_for(args.pruner)
+    return BaselineOptions(args.owl_m, args.owl_lambda, eps, args.alpha_mode, args.dlp_alpha, args.atp_step)
 
 
-def _ratios(args, session: EvaluationSession, function):
+def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[BaselineOptions, dict]:
+    """ATP's common difference: the user's, or the grid point with the lowest perplexity on the
+    validation text (--atp-text) after pruning with the final pruner."""
+    options = _options(args)
+    if args.atp_step is not None:
+        return options, {"step": args.atp_step, "chosen_by": "--atp-step"}
+    grid = []
+    for lam, step in atp_grid(session.n_blocks, sparsity, ATP_LAMBDAS):
+        ratios, _ = baseline_ratios("atp", session.bench, sparsity, dataclasses.replace(options, atp_step=step))
+        session.prune(ratios, args.pruner, nm, args.wanda_form)
+        ppl = session.perplexities([args.atp_text], args.eval_windows, f"atp step {step:.4g}")[args.atp_text]
+        grid.append({"lambda": lam, "step": step, args.atp_text: ppl})
+    chosen = min(grid, key=lambda row: row[args.atp_text])
+    steps = ", ".join(f"{row['step']:.4f}" for row in grid)
+    print(f"ATP at {sparsity:g}: step {chosen['step']:.5f} chosen on {args.atp_text} (grid {steps})", file=sys.stderr)
+    return dataclasses.replace(options, atp_step=chosen["step"]), {"step": chosen["step"], "grid": grid,
+                                                                      "chosen_on": args.atp_text}
+
+
+def _ratios(args, session: EvaluationSession, function, nm):
+    """(ratios, per-block metric, options used) of the chosen function or baseline."""
     if function is not None:
-        return function_ratios(function, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
-    return baseline_ratios(args.allocation, session.bench, args.sparsity, _options(args))
+        return (*function_ratios(function, session.block_matrices, session.n_blocks, session.sizes, args.sparsity),
+                vars(_options(args)))
+    options, atp = _options(args), None
+    if args.allocation == "atp":
+        options, atp = _choose_atp(args, session, args.sparsity, nm)
+    ratios, metric = baseline_ratios(args.allocation, session.bench, args.sparsity, options)
+    return ratios, metric, vars(options) | ({"atp": atp} if atp else {})
+
+
+def _check_options(args) -> None:
+    """The baselines' constants, checked before any model is loaded."""
+    checks = [("--owl-m", args.owl_m, lambda v: v > 0), ("--owl-lambda", args.owl_lambda, lambda v: v >= 0),
+              ("--alpha-eps", args.alpha_eps, lambda v: 0 <= v <= 1), ("--dlp-alpha", args.dlp_alpha, lambda v: v >= 0),
+              ("--atp-step", args.atp_step, lambda v: 0 <= v < 1)]
+    for flag, value, valid in checks:
+        if value is not None and not (math.isfinite(value) and valid(value)):
+            raise UserError(f"{flag} {value} is out of range")
 
 
 def _check_before_loading(args):
     """Everything a user can get wrong without a model fails here, in seconds, before any pruning."""
+    _check_options(args)
     function = load_function(args.function) if args.function else None
     if args.save:
         check_save_dir(args.save)
     if args.export_llmcompressor:
         check_exportable(args.pruner)
+        check_output_file(args.export_llmcompressor, "--export-llmcompressor")
+    if args.json:
+        check_output_file(args.json, "--json")
     if not args.eval_zero_shot:
         if args.tasks_dir or args.zero_shot_limit:
             raise UserError("--tasks-dir and --zero-shot-limit go with --eval-zero-shot")
@@ -123,7 +172,7 @@ def run(args) -> dict:
     start = time.perf_counter()
     session = _session(args)
     bench = session.bench
-    ratios, metric = _ratios(args, session, function)
+    ratios, metric, options = _ratios(args, session, function, nm)
     label = "function" if function is not None else args.allocation
     dense = session.perplexities(args.eval, args.eval_windows, "dense")
     uniform = None
@@ -138,7 +187,7 @@ def run(args) -> dict:
     report = {
         "model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
         "structure": args.structure or "unstructured", "allocation": label, "function": function,
-        "options": vars(_options(args)), "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
+        "options": options, "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
         "ratios": ratios, "block_metric": metric, "dense_ppl": dense, "ppl": result["ppl"],
         "uniform_ppl": uniform["ppl"] if uniform else None,
         "uniform": {k: uniform[k] for k in ("achieved_sparsity", "ratios")} if uniform else None,
@@ -179,19 +228,22 @@ def run(args) -> dict:
 
 def compare(args) -> None:
     nm = parse_structure(args.structure)
+    _check_options(args)
+    out = Path(args.out or f"results/compare-{Path(args.model).name}-{args.pruner}")
+    check_output_dir(out, "--out")
     session = _session(args)
     dense = session.perplexities(args.eval, args.eval_windows, "dense")
     rows, allocations = [], {}
     for sparsity in args.sparsity:
         for method in args.allocations:
-            ratios, _ = baseline_ratios(method, session.bench, sparsity, _options(args))
+            options = _choose_atp(args, session, sparsity, nm)[0] if method == "atp" else _options(args)
+            ratios, _ = baseline_ratios(method, session.bench, sparsity, options)
             achieved = session.prune(ratios, args.pruner, nm, args.wanda_form)
             ppl = session.perplexities(args.eval, args.eval_windows, f"{method}@{sparsity:g}")
             rows.append({"method": method, "sparsity": sparsity, "achieved": achieved, **ppl})
             allocations[(method, sparsity)] = ratios
             print(f"{method:>12} @ {sparsity:g}: " + "  ".join(f"{t} {v:.3f}" for t, v in ppl.items()), flush=True)
     session.restore()
-    out = Path(args.out or f"results/compare-{Path(args.model).name}-{args.pruner}")
     table = write_comparison(out, args.model, args.pruner, dense, rows, allocations)
     print(table)
     print(f"written to {out}/ (table.md, table.csv, ratios.png)")

@@ -3,21 +3,26 @@
   python search.py                           # smollm2-135m, Wanda, 70 %, ~9 min on 2 CPU cores
   python search.py --resume checkpoints/NAME  # continue a killed run from its last generation
   python search.py --address auto --workers 8 # on a running Ray cluster (ray start --head ...)
+  python search.py --models smollm2-135m gemma3-270m --holdout qwen2.5-0.5b  # functions that transfer
 
-Fitness is perplexity on validation windows; the report (results/<name>/) evaluates the best
-function and the uniform, OWL and AlphaPruning baselines on the test texts.
+Fitness is perplexity on validation windows (pruned with the search's cached Wanda form). The
+report (results/<name>/) prunes the best allocation and the baselines (uniform, OWL, AlphaPruning,
+DSA's published function, DLP, ATP with its step chosen on validation) with the final pruner
+(sequential Wanda by default) and measures them on the test texts, on every training model and on
+the --holdout models, which the search never reads.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import re
 import time
 from pathlib import Path
 
 from dsa.search import checkpoint
-from dsa.search.evolution import SearchConfig, SearchState
-from dsa.search.runner import RunConfig, run
+from dsa.search.evolution import SearchConfig, SearchState, check_state
+from dsa.search.runner import REPORT_BASELINES, RunConfig, run
+from evaluators.cache import check_output_dir
 from evaluators.errors import UserError, exits_cleanly
 from evaluators.session import OBJECTIVES
 from evaluators.workbench import BenchConfig
@@ -37,6 +42,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{value} is not a probability in [0, 1]")
+    return value
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _name(text: str) -> str:
+    """A run name is one plain path component: it names checkpoints/<name> and results/<name>."""
+    if not NAME.fullmatch(text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"bad run name {text!r}: use letters, digits, '.', '_' and '-', "
+                                         "starting with a letter or digit (no '/')")
+    return text
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -54,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metric", choices=("wanda", "magnitude"), default=b.metric,
                    help="element-wise pruning score used to prune and as the search's operand (default: %(default)s)")
     g.add_argument("--sparsity", type=_fraction, default=d.sparsity, help="global sparsity (default: %(default)s)")
+    g.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="search on several models at once: every candidate function is scored on each (its own "
+                        "features, ratios and validation windows) by the mean of log(ppl / ppl of uniform)")
+    g.add_argument("--sparsities", nargs="+", type=_fraction, default=None, metavar="S",
+                   help="average the score over these sparsities the same way (default: --sparsity alone)")
+    g.add_argument("--holdout", nargs="+", default=[], metavar="MODEL",
+                   help="models the search never sees: the best function and the baselines are replayed on "
+                        "them after the search, with the final pruner (transfer table in the report)")
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")
     g.add_argument("--seqlen", type=_positive, default=b.seqlen, help="tokens per window (default: %(default)s)")
@@ -70,18 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ppl, or kl: KL divergence to the dense model's predictions (default: %(default)s)")
     f.add_argument("--report-texts", nargs="+", default=list(r.report_texts), help="test texts (default: %(default)s)")
     f.add_argument("--report-windows", type=_positive, default=r.report_windows, help="(default: %(default)s)")
+    f.add_argument("--final-pruner", choices=("wanda", "sparsegpt", "alps"), default=r.final_pruner,
+                   help="the report's truth: the best and the baselines pruned with this (sequential) pruner "
+                        "beside the search's cached form (default: %(default)s)")
+    f.add_argument("--report-baselines", nargs="+", default=list(r.report_baselines), choices=REPORT_BASELINES,
+                   metavar="NAME", help="baselines pruned beside the best in the report (default: %(default)s)")
+    f.add_argument("--rank-check", type=_count, default=r.rank_check,
+                   help="distinct allocations of the final population re-measured with the final pruner on "
+                        "validation, for the rank agreement of the two forms (0: skip) (default: %(default)s)")
     e = p.add_argument_group("evolution")
-    e.add_argument("--generations", type=_positive, default=d.generations, help="(default: %(default)s)")
+    e.add_argument("--generations", type=_positive, default=None,
+                   help=f"(default: {d.generations}; with --resume: extend the run to this many)")
     e.add_argument("--population", type=_positive, default=d.population, help="parents kept (mu) (default: %(default)s)")
     e.add_argument("--offspring", type=_positive, default=d.offspring, help="offspring per generation (lambda) (default: %(default)s)")
     e.add_argument("--promote", type=_positive, default=d.promote,
                    help="offspring per generation completed on all fitness windows (default: %(default)s)")
     e.add_argument("--tournament", type=_positive, default=d.tournament, help="tournament size (default: %(default)s)")
-    e.add_argument("--cxpb", type=float, default=d.cxpb, help="crossover probability (default: %(default)s)")
-    e.add_argument("--mutpb", type=float, default=d.mutpb, help="mutation probability (default: %(default)s)")
+    e.add_argument("--cxpb", type=_probability, default=d.cxpb, help="crossover probability (default: %(default)s)")
+    e.add_argument("--mutpb", type=_probability, default=d.mutpb, help="mutation probability (default: %(default)s)")
     e.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: %(default)s)")
     e.add_argument("--arithmetic", action="store_true", help="allow reductions joined by + - * / (beyond DSA)")
     e.add_argument("--random-search", action="store_true", help="random functions instead of evolution, same budget")
+    e.add_argument("--per-block", action="store_true",
+                   help="evolve the per-block ratio vector itself (EvoPress-style (1+lambda) level switches) "
+                        "instead of a function: a per-model reference at the same evaluation budget")
+    e.add_argument("--level-step", type=_fraction, default=d.level_step,
+                   help="per-block: ratio change of one level switch (default: %(default)s)")
+    e.add_argument("--max-switches", type=_positive, default=d.max_switches,
+                   help="per-block: at most this many level switches per child (default: %(default)s)")
     w = p.add_argument_group("workers (Ray)", "Candidates are evaluated by Ray actors that each hold the model; only ratio\n"
                               "vectors and numbers travel. A dead worker is restarted and its candidates re-run.")
     w.add_argument("--workers", type=_count, default=None, metavar="N",
@@ -91,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join a running Ray cluster: 'auto' (this machine's `ray start` cluster) or HOST:PORT of "
                         "its head; default: start an embedded local Ray for this run")
     o = p.add_argument_group("output")
-    o.add_argument("--name", default=None, help="run name (default: a timestamp)")
+    o.add_argument("--name", type=_name, default=None, help="run name (default: a timestamp)")
     o.add_argument("--results-dir", default=r.results_dir, help="(default: %(default)s)")
     o.add_argument("--checkpoint-dir", default=r.checkpoint_dir, help="(default: %(default)s)")
     o.add_argument("--resume", default=None, metavar="DIR",
@@ -102,17 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> RunConfig:
     if args.screen_windows > args.fitness_windows:
         raise UserError("--screen-windows cannot exceed --fitness-windows")
-    bench = BenchConfig(model=args.model, metric=args.metric, calib_text=args.calib, calib_windows=args.calib_windows,
+    if args.models and args.per_block:
+        raise UserError("--per-block evolves one model's ratios; it takes --model, not --models")
+    if args.holdout and args.per_block:
+        raise UserError("--holdout replays a function; a per-block search has none")
+    models = tuple(dict.fromkeys(args.models or [args.model]))
+    if set(models) & set(args.holdout):
+        raise UserError(f"{sorted(set(models) & set(args.holdout))[0]} is both a training and a held-out model")
+    bench = BenchConfig(model=models[0], metric=args.metric, calib_text=args.calib, calib_windows=args.calib_windows,
                         seqlen=args.seqlen, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     search = SearchConfig(sparsity=args.sparsity, population=args.population, offspring=args.offspring,
-                          promote=args.promote, generations=args.generations, tournament=args.tournament,
+                          promote=args.promote, generations=args.generations or SearchConfig.generations,
+                          tournament=args.tournament,
                           cxpb=args.cxpb, mutpb=args.mutpb, seed=args.seed, arithmetic=args.arithmetic,
                           random_search=args.random_search, fitness_windows=args.fitness_windows,
-                          screen_windows=args.screen_windows)
-    name = args.name or time.strftime("%Y%m%d-%H%M%S") + ("-random" if args.random_search else "")
+                          screen_windows=args.screen_windows, mode="per-block" if args.per_block else "function",
+                          level_step=args.level_step, max_switches=args.max_switches,
+                          sparsities=tuple(dict.fromkeys(args.sparsities or [])))
+    if args.per_block and args.random_search:
+        raise UserError("--per-block and --random-search are two different searches; choose one")
+    suffix = "-random" if args.random_search else "-perblock" if args.per_block else ""
+    name = args.name or time.strftime("%Y%m%d-%H%M%S") + suffix
     return RunConfig(fitness_text=args.fitness_text, objective=args.objective, report_texts=tuple(args.report_texts),
                      report_windows=args.report_windows, name=name, results_dir=args.results_dir,
-                     checkpoint_dir=args.checkpoint_dir, bench=bench, search=search)
+                     checkpoint_dir=args.checkpoint_dir, bench=bench, search=search,
+                     models=models if len(models) > 1 else (), holdout=tuple(dict.fromkeys(args.holdout)),
+                     final_pruner=args.final_pruner, rank_check=args.rank_check,
+                     report_baselines=tuple(dict.fromkeys(args.report_baselines)))
 
 
 def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, SearchState]:
@@ -120,6 +183,7 @@ def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, Sea
         document = checkpoint.load(directory)
         config = RunConfig.from_dict(document["run"])
         state = SearchState(**document["state"])
+        check_state(state, config.search)
     except FileNotFoundError as err:
         raise UserError(str(err))
     except (ValueError, KeyError, TypeError) as err:
@@ -136,25 +200,26 @@ def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, Sea
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.resume:
-        explicit = "--generations" in (argv if argv is not None else sys.argv[1:])
-        config, state = resume_from(args.resume, args.generations if explicit else None)
+    if args.resume is not None:
+        if not args.resume.strip():
+            raise UserError("--resume needs the checkpoint directory of a run (it was empty)")
+        config, state = resume_from(args.resume, args.generations)
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
     else:
         config, state = config_from_args(args), None
     if args.workers == 0 and args.address:
         raise UserError("--address needs Ray workers; drop --workers 0")
+    check_output_dir(config.results_dir, "--results-dir")
+    check_output_dir(config.checkpoint_dir, "--checkpoint-dir")
     report = run(config, state, workers=args.workers, address=args.address)
     out = Path(config.results_dir) / config.name
-    best, base = report["best"], report["baselines"]
-    texts = list(best["test_ppl"])
-    print(f"\nresults in {out}/ (best.json, formula.txt, report.md, plots)")
+    print(f"\nresults in {out}/ (report.md, report.json, ratios.csv, plots; best.json for a function)")
     print((out / "formula.txt").read_text().splitlines()[0])
-    for name, entry in [("best", best), *base.items()]:
-        print(f"{name:>13}: validation {entry['val_ppl']:.3f}  " +
-              "  ".join(f"{t} {entry['test_ppl'][t]:.3f}" for t in texts))
+    for row in report["transfer"]:
+        kind = "trained" if row["trained"] else "held-out"
+        cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if k not in ("target", "trained"))
+        print(f"{row['target']} ({kind}), {config.report_texts[0]} with {config.final_pruner}: {cells}")
     print(json.dumps({k: report[k] for k in ("evaluations", "cache_hits", "feature_cache_hits", "wall_s", "workers")}))
-
 
 if __name__ == "__main__":
     main()

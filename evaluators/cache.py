@@ -6,6 +6,7 @@ rename. `cached` is the one "load it if it is there and sound, else compute and 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -14,7 +15,38 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 T = TypeVar("T")
+
+
+def check_output_dir(directory, what: str) -> Path:
+    """Fail in one line, before any work, when `directory` cannot be created or written."""
+    from .errors import UserError
+
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot write there ({err.strerror or err})")
+    return path
+
+
+def check_output_file(file, what: str) -> Path:
+    """The same for a file about to be written: its directory must be writable, it not a directory."""
+    from .errors import UserError
+
+    path = Path(file)
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a directory")
+    check_output_dir(path.parent if str(path.parent) else ".", what)
+    return path
 
 
 def atomic_write(path, write: Callable[[Path], None]) -> Path:
@@ -67,6 +99,33 @@ def staged_directory(target) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def tensors_digest(tensors: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_tensors(tensors: dict, path) -> None:
+    """safetensors with the content's checksum in its metadata (see load_tensors)."""
+    save_file(tensors, path, metadata={"sha256": tensors_digest(tensors)})
+
+
+def load_tensors(path) -> dict:
+    """Tensors saved by save_tensors; raises ValueError when any byte of them changed."""
+    with safe_open(path, framework="pt") as handle:
+        expected = (handle.metadata() or {}).get("sha256")
+    if expected is None:
+        raise ValueError("it has no checksum (written by an older version)")
+    tensors = load_file(path)
+    if tensors_digest(tensors) != expected:
+        raise ValueError("its content does not match its checksum")
+    return tensors
+
+
 def cached(path, load: Callable[[Path], T], compute: Callable[[], T], save: Callable[[T, Path], None],
            what: str) -> T:
     """`load(path)` when the entry exists and loads; otherwise `compute()`, stored atomically.
@@ -79,7 +138,7 @@ def cached(path, load: Callable[[Path], T], compute: Callable[[], T], save: Call
         try:
             return load(path)
         except Exception as err:  # any damage: the entry is only a cache
-            print(f"{what} cache {path} is damaged ({err.__class__.__name__}); recomputing", file=sys.stderr)
+            print(f"{what} cache {path} cannot be used ({err}); recomputing", file=sys.stderr)
     value = compute()
     atomic_write(path, lambda tmp: save(value, tmp))
     return value

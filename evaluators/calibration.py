@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .assets import cache_dir
-from .cache import cached
+from .cache import cached, load_tensors, save_tensors
 from .capture import InputStats, StopForward, raise_stop
 from .models import LoadedModel
 from .scores import score_matrix
@@ -52,17 +51,17 @@ def _measure_norms(loaded: LoadedModel, windows: torch.Tensor, batch_size: int) 
 def input_norms(loaded: LoadedModel, windows: torch.Tensor, text: str, batch_size: int = 1) -> dict[str, torch.Tensor]:
     """||X_j||_2 of every linear layer's input features over the calibration tokens (cached)."""
     key = cache_key(loaded, "norms", text, tuple(windows.shape), windows.sum().item())
-    return cached(cache_dir() / "calibration" / f"{key}.safetensors", load_file,
-                  lambda: _measure_norms(loaded, windows, batch_size), save_file, "calibration")
+    return cached(cache_dir() / "calibration" / f"{key}.safetensors", load_tensors,
+                  lambda: _measure_norms(loaded, windows, batch_size), save_tensors, "calibration")
 
 
 def row_orders(loaded: LoadedModel, norms: dict[str, torch.Tensor], metric: str) -> dict[str, torch.Tensor]:
     """Per layer, each row's column indices sorted by ascending score (cached; int16 when it fits)."""
     norms_digest = hashlib.sha256(b"".join(norms[k].numpy().tobytes() for k in sorted(norms))).hexdigest()
     key = cache_key(loaded, "orders", metric, norms_digest if metric == "wanda" else "")
-    orders = cached(cache_dir() / "orders" / f"{key}.safetensors", load_file,
+    orders = cached(cache_dir() / "orders" / f"{key}.safetensors", load_tensors,
                     lambda: {k: v.cpu().contiguous() for k, v in sort_rows(loaded, norms, metric).items()},
-                    save_file, "score-order")
+                    save_tensors, "score-order")
     return {k: v.to(loaded.device) for k, v in orders.items()}
 
 

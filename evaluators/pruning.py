@@ -97,6 +97,23 @@ class Pruner:
         self.mark_modified()
 
 
+@torch.no_grad()
+def prune_magnitude_per_matrix(loaded: LoadedModel, ratios: Sequence[float]) -> None:
+    """Magnitude pruning as the Wanda, OWL and AlphaPruning code does it: one threshold per matrix.
+
+    Each matrix of block i loses exactly round(ratios[i] * rows * cols) of its smallest |W_ij|
+    (ties broken by position), wherever they sit in their rows. (Their code zeroes every weight
+    at or below the int(r * n)-th smallest magnitude, the same set up to one weight and ties.)
+    """
+    for block in loaded.blocks:
+        ratio = float(ratios[block.index])
+        for layer in block.linears.values():
+            count = round(ratio * layer.weight.numel())
+            if count:
+                order = torch.argsort(layer.weight.abs().flatten(), stable=True)
+                layer.weight.view(-1)[order[:count]] = 0.0
+
+
 def zero_fraction(loaded: LoadedModel) -> float:
     """Zeros actually present over all prunable matrices (the achieved sparsity)."""
     zeros = total = 0

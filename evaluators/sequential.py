@@ -11,12 +11,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .alps import alps_prune
 from .capture import InputStats, StopForward
 from .models import LoadedModel
 from .scores import nm_keep_mask, score_matrix
 
 # SparseGPT's column-block width and Hessian dampening (fraction of the mean diagonal), as in its
 # paper and code; the llm-compressor export reads them from here.
+SEQUENTIAL = ("wanda", "sparsegpt", "alps")  # pruners whose statistics flow through the pruned blocks
 SPARSEGPT_BLOCK_SIZE = 128
 SPARSEGPT_DAMPING = 0.01
 
@@ -120,13 +122,13 @@ def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, ratio: float, nm,
 @torch.no_grad()
 def sequential_prune(loaded: LoadedModel, windows: torch.Tensor, ratios: Sequence[float],
                      method: str = "wanda", nm: tuple[int, int] | None = None, batch_size: int = 1) -> None:
-    """Prune every block in order at its ratio (ignored for N:M) with `method` in {wanda, sparsegpt}."""
-    if method not in ("wanda", "sparsegpt"):
-        raise ValueError(f"sequential pruning supports wanda and sparsegpt, not {method!r}")
+    """Prune every block in order at its ratio (ignored for N:M) with `method` in SEQUENTIAL."""
+    if method not in SEQUENTIAL:
+        raise ValueError(f"sequential pruning supports {', '.join(SEQUENTIAL)}, not {method!r}")
     modules, batches = _capture_block_calls(loaded, windows, batch_size)
     hidden = [batch["hidden"] for batch in batches]
     for block, module in tqdm(list(zip(loaded.blocks, modules)), desc=f"{method} (sequential)", leave=False):
-        stats = {name: InputStats(method == "sparsegpt") for name in block.linears}
+        stats = {name: InputStats(method in ("sparsegpt", "alps")) for name in block.linears}
         handles = [layer.register_forward_hook(stats[name]) for name, layer in block.linears.items()]
         for h, batch in zip(hidden, batches):
             _run_block(module, h, batch[block.index])
@@ -136,6 +138,8 @@ def sequential_prune(loaded: LoadedModel, windows: torch.Tensor, ratios: Sequenc
         for name, layer in block.linears.items():
             if method == "wanda":
                 _prune_rows_wanda(layer.weight, stats[name].sq, ratio, nm)
-            else:
+            elif method == "sparsegpt":
                 _sparsegpt(layer.weight, stats[name].hessian, ratio, nm)
+            else:
+                layer.weight.copy_(alps_prune(layer.weight, stats[name].hessian, ratio, nm))
         hidden = [_run_block(module, h, batch[block.index]) for h, batch in zip(hidden, batches)]

@@ -19,12 +19,13 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .perplexity import perplexity
-from .pruning import zero_fraction
+from .pruning import prune_magnitude_per_matrix, zero_fraction
 from .sequential import sequential_prune
 from .workbench import BenchConfig, Workbench
 
 OBJECTIVES = ("ppl", "kl")
-PRUNERS = ("wanda", "sparsegpt", "magnitude")
+# magnitude: one threshold per matrix (the reference code's); magnitude-row: per output row.
+PRUNERS = ("wanda", "sparsegpt", "alps", "magnitude", "magnitude-row")
 WANDA_FORMS = ("sequential", "cached")
 OPERANDS = ("wanda", "magnitude", "weight")  # what a block's matrices can be: scores or weights
 
@@ -80,19 +81,26 @@ class EvaluationSession:
         """Restore the dense weights, prune with a final pruner, return the achieved sparsity.
 
         Wanda `sequential` propagates calibration activations through the pruned blocks (the
-        paper's procedure); `cached` uses the dense-model scores the search uses. Magnitude needs
-        no activations. SparseGPT is always sequential (its updates change later inputs).
+        paper's procedure); `cached` uses the dense-model scores the search uses. SparseGPT and
+        ALPS are always sequential (their weight updates change later inputs). `magnitude` drops each matrix's
+        smallest weights (one threshold per matrix, as the reference code); `magnitude-row` the
+        smallest of each row (from the cached per-row orders, metric magnitude).
         """
         if pruner not in PRUNERS:
             raise UserError(f"unknown pruner {pruner!r}: use one of {', '.join(PRUNERS)}")
         if wanda_form not in WANDA_FORMS:
             raise UserError(f"unknown wanda form {wanda_form!r}: use one of {', '.join(WANDA_FORMS)}")
-        if pruner == "magnitude" and self.bench.config.metric != "magnitude":
-            raise UserError("--pruner magnitude needs --metric magnitude (the score orders it prunes by)")
+        if pruner == "magnitude-row" and self.bench.config.metric != "magnitude":
+            raise UserError("--pruner magnitude-row needs --metric magnitude (the score orders it prunes by)")
+        if len(ratios) != self.n_blocks:
+            raise UserError(f"got {len(ratios)} ratios for {self.n_blocks} blocks")
         bench = self.bench
         bench.pruner.restore()
-        if pruner == "sparsegpt" or (pruner == "wanda" and wanda_form == "sequential"):
+        if pruner in ("sparsegpt", "alps") or (pruner == "wanda" and wanda_form == "sequential"):
             sequential_prune(bench.loaded, bench.calib, ratios, pruner, nm, bench.config.batch_size)
+            bench.pruner.mark_modified()
+        elif pruner == "magnitude" and not nm:
+            prune_magnitude_per_matrix(bench.loaded, ratios)
             bench.pruner.mark_modified()
         elif nm:
             bench.pruner.prune_n_m(*nm)

@@ -1,7 +1,18 @@
-"""Pre-processing: element-wise ops on a block's score tensor (any shape -> same shape).
+"""Pre-processing: ops on a block's score tensors (any shape -> same shape).
 
-Every op works in float32 (the input is converted once if it is another dtype) and
-allocates at most one tensor of the input's size: the output, then updated in place.
+Two kinds:
+- element-wise (every op but those in BLOCK): one tensor -> one tensor, applied to each of
+  the block's matrices; the result does not depend on how the block is split into matrices.
+- block-level (BLOCK: dsa_zscore, dsa_minmax): the block's list of matrices -> a list of the
+  same shapes, normalised with statistics of the whole block, i.e. as DSA applies them to
+  the block's scores concatenated and flattened (lliai/DSA lib/prune_all.py:2060, 2069).
+  The statistics stream over float64 chunks: the concatenation is never built.
+`apply_chain(names, mats)` runs a sequence of both kinds on a block (the interpreter's one
+entry point).
+
+Every op works in float32 (the input is converted once if it is another dtype; float64
+input, e.g. the `depth` operand, stays float64) and an element-wise op allocates at most
+one tensor of the input's size: the output, then updated in place.
 The input itself is never modified; `noop` returns it unchanged (callers must not
 modify results in place).
 
@@ -16,11 +27,25 @@ Guards (numerical only; the sympy twins are the plain functions):
   spread is below SPREAD_EPS * max|x| (constant to float32 precision) maps to zeros.
   Their twins are undefined functions `zscore(x)`, `minmax(x)`: they depend on the whole
   tensor, not on x alone.
+
+DSA's own ops, as its code defines them (lliai/DSA lib/autolayer.py), under their own names:
+- dsa_abslog (ABSLOG, l. 35-45): 0 set to 1, then ln|x|: ln|x| with 0 -> 0 (not |ln|x||).
+- dsa_log (LOG, l. 24-32): x <= 0 set to 1, then ln(x + 1e-6) (so x <= 0 -> ln(1 + 1e-6)).
+- dsa_zscore (NORMALIZE, normalize_op l. 75-89, torch branch): (x - mean) / std over the
+  whole block, std unbiased (torch.std), no epsilon; NaN results -> 0 (a constant or
+  one-element block gives zeros).
+- dsa_minmax (MMS, l. 343): (x - min) / (max - min + 1e-9) over the whole block.
+No guards beyond DSA's: nan propagates (dsa_minmax of a block holding nan is all nan).
+Twins: dsa_abslog and dsa_log are exact Piecewise functions (DSA's values at 0 and at x <= 0
+are part of the op, not guards); dsa_zscore(x) and dsa_minmax(x) are undefined functions.
 """
 import math
 
 import sympy
 import torch
+
+from dsa.allocation import metrics
+from dsa.allocation.metrics import element_count, element_sum
 
 from .op import Op, registry
 
@@ -28,10 +53,12 @@ TINY = torch.finfo(torch.float32).tiny
 F32_MAX = torch.finfo(torch.float32).max
 EXP_MAX = 80.0
 SPREAD_EPS = 1e-6
+DSA_LOG_EPS = 1e-6  # DSA's LOG: ln(x + 1e-6)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float32 else x.to(torch.float32)
+    """float32 (float64 kept: the exact relative depth of the `depth` operand)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
 
 
 def noop(x):
@@ -107,6 +134,110 @@ def minmax(x):
     return _normalised(x, lambda y, mn, mx: y.sub_(mn).div_(mx - mn))
 
 
+# ---------------------------------------------------------------- DSA's own ops
+
+
+def dsa_abslog(x):
+    """DSA's ABSLOG (lib/autolayer.py:35-45): x[x == 0] = 1; ln|x|. So ln|x| with 0 -> 0."""
+    y = _f32(x).abs()
+    return y.masked_fill_(y == 0, 1.0).log_()
+
+
+def dsa_log(x):
+    """DSA's LOG (lib/autolayer.py:24-32): x[x <= 0] = 1; ln(x + 1e-6)."""
+    x = _f32(x)
+    return x.masked_fill(x <= 0, 1.0).add_(DSA_LOG_EPS).log_()
+
+
+def _out_dtype(m):
+    return torch.float64 if m.dtype == torch.float64 else torch.float32
+
+
+def _chunked(m, f):
+    """f over float64 chunks of m (f may work in place), written into a new float32 tensor
+    of m's shape (float64 for float64 input): no float64 copy of a whole matrix."""
+    out = torch.empty(m.shape, dtype=_out_dtype(m), device=m.device)
+    flat, dest = m.reshape(-1), out.view(-1)
+    step = metrics.CHUNK
+    for i in range(0, flat.numel(), step):
+        dest[i : i + step] = f(flat[i : i + step].to(torch.float64, copy=True))
+    return out
+
+
+def _zeros(mats):
+    return [torch.zeros(m.shape, dtype=_out_dtype(m), device=m.device) for m in mats]
+
+
+def dsa_zscore(mats):
+    """DSA's NORMALIZE (normalize_op, lib/autolayer.py:75-81) over the whole block:
+    C = (x - mean) / std with torch.std's unbiased std (n - 1), no epsilon; C[C != C] = 0.
+
+    A constant block (std 0: DSA's 0 / 0), a one-element block (unbiased std nan) or a
+    block holding nan or inf (nan statistics) gives zeros; an empty block an empty list.
+    Mean and std are streamed in float64 (DSA: float32 on the concatenation).
+    """
+    n = element_count(mats)
+    if n == 0:
+        return _zeros(mats)
+    mean = element_sum(mats) / n
+    var = element_sum(mats, lambda c: c.sub_(mean).square_()) / (n - 1) if n > 1 else math.nan
+    std = math.sqrt(var) if var >= 0 else math.nan  # nan when var is nan
+    if std == 0 or not math.isfinite(std) or not math.isfinite(mean):
+        return _zeros(mats)
+    return [_chunked(m, lambda c: c.sub_(mean).div_(std)) for m in mats]
+
+
+def dsa_minmax(mats):
+    """DSA's MMS (lib/autolayer.py:343) over the whole block: (x - min) / (max - min + 1e-9).
+
+    A constant block gives zeros (0 / 1e-9); nan anywhere gives nan everywhere (torch.min
+    and torch.max propagate it); an empty block an empty list. The denominator is formed in
+    float64 (DSA: float32, where the 1e-9 vanishes unless max - min is tiny).
+    """
+    bounds = [torch.aminmax(m.detach().reshape(-1)) for m in mats if m.numel()]
+    if not bounds:
+        return _zeros(mats)
+    low = float(torch.stack([b.min for b in bounds]).to(torch.float64).min())
+    high = float(torch.stack([b.max for b in bounds]).to(torch.float64).max())
+    span = (high - low) + 1e-9
+    return [_chunked(m, lambda c: c.sub_(low).div_(span)) for m in mats]
+
+
+BLOCK = frozenset({"dsa_zscore", "dsa_minmax"})
+
+
+def apply_chain(names, mats):
+    """Pre-processing ops `names` (in order) on one block's matrices -> the block's new matrices.
+
+    Consecutive element-wise ops run composed on each matrix in turn (only one intermediate
+    matrix alive at a time: `second(first(m)) for m in mats`); a block-level op sees the
+    whole list. An empty `names` returns `mats` itself.
+    """
+    out = mats
+    pending = []
+
+    def flush(mats, fns):
+        if not fns:
+            return mats
+        result = []
+        for m in mats:
+            for fn in fns:
+                m = fn(m)
+            result.append(m)
+        return result
+
+    for name in names:
+        if name in BLOCK:
+            out = OPS[name].fn(flush(out, pending))
+            pending = []
+        else:
+            pending.append(OPS[name].fn)
+    return flush(out, pending)
+
+
+_DSA_LOG_EPS_SYM = sympy.Rational(1, 10**6)  # exact, so printed formulas parse back unchanged
+
+
 def _sigmoid_sym(x):
     return 1 / (1 + sympy.exp(-x))
 
@@ -122,4 +253,10 @@ OPS = registry(
     Op("abslog", abslog, lambda x: sympy.Abs(sympy.log(sympy.Abs(x)))),
     Op("zscore", zscore, sympy.Function("zscore")),
     Op("minmax", minmax, sympy.Function("minmax")),
+    # DSA's definitions (lib/autolayer.py): see the module docstring
+    Op("dsa_abslog", dsa_abslog, lambda x: sympy.Piecewise((0, sympy.Eq(x, 0)), (sympy.log(sympy.Abs(x)), True))),
+    Op("dsa_log", dsa_log, lambda x: sympy.Piecewise((sympy.log(x + _DSA_LOG_EPS_SYM), x > 0),
+                                                     (sympy.log(1 + _DSA_LOG_EPS_SYM), True))),
+    Op("dsa_zscore", dsa_zscore, sympy.Function("dsa_zscore")),
+    Op("dsa_minmax", dsa_minmax, sympy.Function("dsa_minmax")),
 )

@@ -4,7 +4,8 @@ Every reduction takes `mats: list[Tensor]`, the 2-D score matrices of one block'
 layers, and returns a float. Two kinds:
 
 - element-wise (ELEMENTWISE): act on the concatenation of all flattened matrices, as OWL
-  does for its block metric: mean, var, std, l1, l2, geomean, entropy, outlier.
+  does for its block metric (and DSA for all of its reductions, lliai/DSA
+  lib/prune_all.py:2060): mean, var, std, l1, l2, geomean, entropy, outlier, var_unbiased.
   They stream over the matrices in float64 chunks, so the concatenation is never built
   and memory stays bounded whatever the model size.
 - matrix (MATRIX): act on each matrix and return the mean over the matrices, as
@@ -46,6 +47,17 @@ def var(mats):
         return NAN
     mu = element_sum(mats) / n
     return element_sum(mats, lambda c: (c - mu).square_()) / n
+
+
+def var_unbiased(mats):
+    """torch.var's default, unbiased (sum of squared deviations / (n - 1)): DSA's VAR
+    ("VAR": torch.var, lliai/DSA lib/autolayer.py:357, called on the block's concatenated
+    scores). nan for fewer than 2 values, as torch.var. Two float64 passes (DSA: float32)."""
+    n = element_count(mats)
+    if n < 2:
+        return NAN
+    mu = element_sum(mats) / n
+    return element_sum(mats, lambda c: (c - mu).square_()) / (n - 1)
 
 
 def std(mats):
@@ -166,7 +178,7 @@ def outlier(mats):
 
 # ---------------------------------------------------------------- registry
 
-ELEMENTWISE = frozenset({"mean", "var", "std", "l1", "l2", "geomean", "entropy", "outlier"})
+ELEMENTWISE = frozenset({"mean", "var", "std", "l1", "l2", "geomean", "entropy", "outlier", "var_unbiased"})
 MATRIX = frozenset({"rank", "logdet", "corr", "alpha_peak", "alpha_mid"})
 
 _F = sympy.Function
@@ -185,4 +197,5 @@ OPS = registry(
     Op("alpha_peak", alpha_peak, _F("alpha_peak")),
     Op("alpha_mid", alpha_mid, _F("alpha_mid")),
     Op("outlier", outlier, _F("outlier")),
+    Op("var_unbiased", var_unbiased, _F("var_unbiased")),
 )

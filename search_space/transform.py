@@ -8,6 +8,11 @@ Guards (numerical only; the sympy twins are the plain functions):
 - sqrt: sqrt(|x|).
 - exp: input clamped to <= EXP_MAX = 80, as in pre.exp.
 tan is left alone: it is finite for every finite float64.
+
+DSA's own asin and acos (lliai/DSA lib/autolayer.py:368-369, torch.asin / torch.acos on the
+block scalar), unguarded: dsa_asin, dsa_acos give nan outside [-1, 1]. The nan propagates
+through later transforms (as in DSA, where nan in, nan out) and DSA's sanitiser turns it
+into 0 at the end (lib/autolayer.py:455-456; `map_dsa` applies it, ratios.sanitize_dsa).
 """
 import sympy
 import torch
@@ -45,6 +50,16 @@ def asin(x):
 
 def acos(x):
     return _f64(x).clamp(-1.0, 1.0).acos_()
+
+
+def dsa_asin(x):
+    """torch.asin, nan outside [-1, 1] (DSA's ASIN, lib/autolayer.py:368)."""
+    return torch.asin(_f64(x))
+
+
+def dsa_acos(x):
+    """torch.acos, nan outside [-1, 1] (DSA's ACOS, lib/autolayer.py:369)."""
+    return torch.acos(_f64(x))
 
 
 def atan(x):
@@ -94,4 +109,6 @@ OPS = registry(
     Op("tanh", tanh, sympy.tanh),
     Op("softplus", softplus, lambda x: sympy.log(1 + sympy.exp(x))),
     Op("sqrt", sqrt, lambda x: sympy.sqrt(sympy.Abs(x))),
+    Op("dsa_asin", dsa_asin, sympy.asin),
+    Op("dsa_acos", dsa_acos, sympy.acos),
 )

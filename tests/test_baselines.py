@@ -1,5 +1,8 @@
 """Baseline allocations on tiny synthetic blocks, checked against hand counts."""
 
+import math
+import statistics
+
 import pytest
 import torch
 
@@ -185,3 +188,38 @@ def test_lamp_matches_hand_count():
     ratios, metric = lamp_ratios(blocks, sizes, 1 / 3)
     assert_close_list(metric, [0.5, 0.25])
     assert_close_list(ratios, [0.5, 0.25])
+
+
+def test_atp_is_an_arithmetic_progression_meeting_the_budget():
+    from dsa.allocation.baselines import atp_grid, atp_legal_step, atp_ratios
+
+    sizes = torch.full((5,), 3.0)
+    ratios, depth = atp_ratios(sizes, 0.6, 0.05)
+    # By hand: first term 0.6 - 0.05 * 4 / 2 = 0.5, then +0.05 per block.
+    assert ratios.tolist() == pytest.approx([0.5, 0.55, 0.6, 0.65, 0.7], abs=1e-12)
+    assert depth.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert weighted_mean(ratios, sizes) == pytest.approx(0.6, abs=1e-12)
+    assert atp_legal_step(5, 0.6) == pytest.approx(0.2)  # min(1.2, 0.8) / 4
+    with pytest.raises(ValueError):
+        atp_ratios(sizes, 0.6, 0.21)
+    # The grid: steps 2 * lam / (L - 1), illegal ones dropped (lam 0.3 > 1 - 0.8 at 80 %).
+    assert atp_grid(5, 0.8, (0.1, 0.2, 0.3)) == [(0.1, pytest.approx(0.05)), (0.2, pytest.approx(0.1))]
+
+
+def test_dsa_published_function_by_hand():
+    """W:(ABSLOG)-(VAR)-(ATAN,ASIN) with DSA's map, on three tiny blocks, computed step by step."""
+    from dsa.allocation.baselines import dsa_published_ratios
+
+    blocks = [[torch.tensor([[1.0, math.e]]), torch.tensor([[0.0]])],   # ln: 0, 1, (0 -> 1 -> ln 1 =) 0
+              [torch.tensor([[math.e ** 2, 1.0, 1.0]])],               # ln: 2, 0, 0
+              [torch.tensor([[math.e ** 4, 1.0]])]]                    # ln: 4, 0
+    variances = [statistics.variance([0, 1, 0]), statistics.variance([2, 0, 0]), statistics.variance([4, 0])]
+    atans = [math.atan(v) for v in variances]                          # 0.322, 0.927, 1.446
+    importance = [math.asin(a) if abs(a) <= 1 else 0.0 for a in atans]  # asin(1.446) is NaN -> 0
+    scaled = [(v - min(importance)) / (max(importance) - min(importance)) for v in importance]
+    lam, sparsity = 0.08, 0.7
+    expected = [sparsity + 2 * lam * (x - sum(scaled) / 3) for x in scaled]  # larger -> more pruning
+    ratios, metric = dsa_published_ratios(blocks, torch.ones(3), sparsity, lam)
+    assert metric.tolist() == pytest.approx(importance, abs=1e-12)
+    assert ratios.tolist() == pytest.approx(expected, abs=1e-12)
+    assert ratios[1] == ratios.max()

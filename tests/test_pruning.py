@@ -103,3 +103,41 @@ def test_incremental_prune_equals_fresh(dense_bench):
     bench.pruner.prune(target)
     for key, layer in bench.pruner.layers.items():
         assert torch.equal(layer.weight, incremental[key]), key
+
+
+def test_magnitude_prunes_per_matrix_like_the_reference(session):
+    """`magnitude` drops exactly round(r * rows * cols) of each matrix's smallest |W| (one threshold
+    per matrix, not per row); `magnitude-row` stays available and prunes round(r * cols) per row."""
+    bench = session.bench
+    ratios = [0.3 + 0.4 * i / (len(bench.blocks) - 1) for i in range(len(bench.blocks))]
+    achieved = session.prune(ratios, "magnitude")
+    for block in bench.blocks:
+        for name, layer in block.linears.items():
+            dense = bench.pruner.dense[layer_key(block.index, name)]
+            zeros = layer.weight == 0
+            count = round(ratios[block.index] * dense.numel())
+            assert int(zeros.sum()) == count, (block.index, name)
+            kept, dropped = dense[~zeros].abs(), dense[zeros].abs()
+            assert float(dropped.max()) <= float(kept.min())  # one threshold for the whole matrix
+    per_row_counts = {int(c) for c in (bench.blocks[0].linears["mlp.up_proj"].weight == 0).sum(dim=1)}
+    assert len(per_row_counts) > 1  # rows lose different numbers of weights
+    assert abs(achieved - sum(r * s for r, s in zip(ratios, bench.sizes.tolist())) / float(bench.sizes.sum())) < 1e-4
+
+
+def test_damaged_cache_entries_are_detected_and_recomputed(bench, tmp_path, monkeypatch, capsys):
+    """Bytes overwritten inside a cached calibration or score-order file: detected by the entry's
+    checksum, recomputed (with a warning), and the numbers are those of a fresh computation."""
+    monkeypatch.setenv("DSA_CACHE", str(tmp_path))
+    norms = input_norms(bench.loaded, bench.calib, "c4/train", 4)
+    orders = row_orders(bench.loaded, norms, "wanda")
+    for folder in ("calibration", "orders"):
+        path = next((tmp_path / folder).glob("*.safetensors"))
+        data = bytearray(path.read_bytes())
+        data[-64:-60] = b"\x7f\x7f\x7f\x7f"  # inside the tensor bytes: the header still parses
+        path.write_bytes(bytes(data))
+    again = input_norms(bench.loaded, bench.calib, "c4/train", 4)
+    orders_again = row_orders(bench.loaded, again, "wanda")
+    err = capsys.readouterr().err
+    assert "calibration cache" in err and "score-order cache" in err and "does not match its checksum" in err
+    assert all(torch.equal(norms[k], again[k]) for k in norms)
+    assert all(torch.equal(orders[k].cpu(), orders_again[k].cpu()) for k in orders)

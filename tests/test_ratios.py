@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from dsa.allocation.ratios import alpha_map, owl_map, rebalance, sanitize, uniform, weighted_mean
+from dsa.allocation.ratios import (alpha_map, dsa_map, owl_map, rebalance, sanitize, sanitize_dsa, uniform,
+                                   weighted_mean)
 
 EQUAL4 = torch.ones(4, dtype=torch.float64)
 
@@ -129,9 +130,43 @@ def test_alpha_map_unequal_sizes_keep_weighted_budget():
     assert out[0] < out[1] < out[3] < out[2]  # larger alpha -> more pruning
 
 
+# ---- dsa_map (DSA's lib/prune_all.py:2073-2088) ------------------------------------------
+
+def test_sanitize_dsa_follows_dsa_code():
+    # lib/autolayer.py:455-458: nan -> 0, +-inf -> -1
+    values = torch.tensor([math.nan, math.inf, -math.inf, 2.5])
+    assert sanitize_dsa(values).tolist() == [0.0, -1.0, -1.0, 2.5]
+
+
+def test_dsa_map_matches_hand_computation():
+    # values [1, 2, 4] -> minmax [0, 1/3, 1] -> 1 - x = [1, 2/3, 0] (already in [0, 1]: the
+    # second minmax is the identity) -> d = x * 0.16 = [.16, .32/3, 0], mean(d) = .8/9
+    # -> density = d - mean(d) + .3 -> ratio = 1 - density = .7 + .16 * ([0, 1/3, 1] - 4/9).
+    out = dsa_map(torch.tensor([1.0, 2.0, 4.0]), torch.ones(3), 0.7, lam=0.08)
+    assert_close_list(out, [0.7 - 0.64 / 9, 0.7 - 0.16 / 9, 0.7 + 0.8 / 9])
+    assert_on_budget(out, torch.ones(3), 0.7)
+
+
+def test_dsa_map_is_owl_map_reversed():
+    values = torch.tensor([0.2, 0.9, 0.5, 0.1])
+    dsa, owl = dsa_map(values, EQUAL4, 0.6, lam=0.05), owl_map(values, EQUAL4, 0.6, lam=0.05)
+    assert dsa[3] < dsa[0] < dsa[2] < dsa[1]  # larger importance -> MORE pruning
+    assert owl[3] > owl[0] > owl[2] > owl[1]
+    assert_close_list(dsa - 0.6, (-(owl - 0.6)).tolist())
+    assert_close_list(dsa, owl_map(-values, EQUAL4, 0.6, lam=0.05).tolist())
+
+
+def test_dsa_map_unequal_sizes_keep_weighted_budget():
+    sizes = torch.tensor([10.0, 1000.0, 50.0, 7.0])
+    out = dsa_map(torch.tensor([2.1, 3.7, 5.0, 4.4]), sizes, 0.7, lam=0.1)
+    assert_on_budget(out, sizes, 0.7)
+    assert out[0] < out[1] < out[3] < out[2]
+    assert float(out.max() - out.min()) == pytest.approx(0.2)  # spans 2 * lambda
+
+
 # ---- degenerate inputs ------------------------------------------------------------------
 
-@pytest.mark.parametrize("mapping, strength", [(owl_map, 0.08), (alpha_map, 0.3)])
+@pytest.mark.parametrize("mapping, strength", [(owl_map, 0.08), (alpha_map, 0.3), (dsa_map, 0.08)])
 @pytest.mark.parametrize("values", [
     [2.0, 2.0, 2.0, 2.0],
     [math.nan, math.nan, math.nan, math.nan],
@@ -142,7 +177,7 @@ def test_degenerate_values_give_uniform(mapping, strength, values):
     assert out.tolist() == pytest.approx([0.7] * 4, abs=1e-12)
 
 
-@pytest.mark.parametrize("mapping, strength", [(owl_map, 0.08), (alpha_map, 0.3)])
+@pytest.mark.parametrize("mapping, strength", [(owl_map, 0.08), (alpha_map, 0.3), (dsa_map, 0.08)])
 def test_infinite_value_is_ranked_via_sentinel(mapping, strength):
     out = mapping(torch.tensor([1.0, math.inf, math.nan, -math.inf]), EQUAL4, 0.7, strength)
     assert_on_budget(out, EQUAL4, 0.7)

@@ -1,11 +1,13 @@
 """The search engine on the real model: seeds, random genomes, kill-and-resume, split hygiene."""
+import dataclasses
 import json
+import math
 import random
 
 import pytest
 import torch
 
-from dsa.allocation.allocate import baseline_ratios
+from dsa.allocation.allocate import BaselineOptions, baseline_ratios
 from dsa.functions.files import from_root, to_names
 from dsa.functions.genome import SEEDS, seed_names
 from dsa.functions.pipeline import features_on, prefix_values
@@ -15,22 +17,31 @@ from dsa.search.evolution import Search, SearchConfig, SearchState
 from dsa.search.fitness import score
 from evaluators.session import EvaluationSession
 
+from conftest import TEST_CONFIG
+
 TINY = SearchConfig(population=4, offspring=4, promote=1, generations=2, fitness_windows=2, screen_windows=1, seed=3)
 
 
 def tiny_run_config(tmp_path, name):
-    return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name,
+    return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, bench=TEST_CONFIG,
                             results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
-                            search=TINY)
+                            search=TINY, rank_check=2, report_baselines=("uniform", "alphapruning", "atp"))
 
 
-@pytest.mark.parametrize("method", SEEDS)
-def test_seeds_reproduce_baselines(bench, method):
+@pytest.mark.parametrize("label", SEEDS)
+def test_seeds_reproduce_baselines(bench, label):
+    """Each seed function gives its baseline's ratios: bit-exact where both compute the same way,
+    to 1e-12 for ATP (a ramp through DSA's map vs ATP's own progression) and DSA's published function."""
     session = EvaluationSession(bench)
     search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, session.n_blocks), evaluator=None)
-    ratios = search.ratios_of(search.individual(seed_names(method)))
-    expected, _ = baseline_ratios(method, bench, 0.7)
-    assert ratios == expected
+    ratios = search.ratios_of(search.individual(seed_names(label)))
+    method, _, lam = label.partition("@")
+    options = BaselineOptions(atp_step=2 * float(lam) / (session.n_blocks - 1)) if lam else BaselineOptions()
+    expected, _ = baseline_ratios(method, bench, 0.7, options)
+    if method in ("atp", "dsa-published"):
+        assert ratios == pytest.approx(expected, abs=1e-12)
+    else:
+        assert ratios == expected
 
 
 def test_random_genomes_never_crash(bench):
@@ -82,10 +93,17 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
     assert resumed["best"]["test_ppl"] == whole["best"]["test_ppl"]
     assert resumed["history"] == whole["history"]
     # The report: test numbers for the best function and every baseline; seeds are in the search.
-    assert set(whole["baselines"]) == {"uniform", "owl", "alphapruning"}
+    assert set(whole["baselines"]) == {"uniform", "alphapruning", "atp"}
     assert whole["best"]["val_ppl"] <= min(b["val_ppl"] for b in whole["baselines"].values()) + 1e-9
     for key in ("evaluations", "cache_hits", "feature_cache_hits", "wall_s", "config"):
         assert key in whole
+    # The final pruner's truth beside the search's form, and the two forms' rank agreement.
+    (table,) = whole["targets"].values()
+    assert table["trained"] and table["atp"]["chosen_on"] == "validation"
+    for entry in table["allocations"].values():
+        assert set(entry["final"]) == {"wiki/validation", "wiki/test"} and min(entry["final"].values()) > 1
+    assert len(table["allocations"]["best"]["block_metric"]) == len(bench.blocks)
+    assert table["forms"]["count"] == 2 and -1 <= table["forms"]["spearman"] <= 1
     out = tmp_path / "results" / "whole"
     # The exported function file replays to exactly the ratios the search found.
     replayed, _ = function_ratios(load_function(out / "best.json"), EvaluationSession(bench).block_matrices,
@@ -131,3 +149,145 @@ def test_breeding_is_the_same_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", BREED, str(junk)], capture_output=True, text=True,
                               check=True).stdout for junk in (0, 7, 50)}
     assert len(digests) == 1 and len(digests.pop().strip()) == 64
+
+
+def test_per_block_mutations_keep_the_budget_exactly():
+    """Every child of the per-block search meets the budget, equal-sized blocks or not."""
+    from dsa.search.perblock import PerBlockSearch
+
+    rng = random.Random(0)
+    for sizes in (torch.full((30,), 7.0), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0] * 4)):
+        search = PerBlockSearch(SearchConfig(mode="per-block"), sizes, evaluator=None)
+        levels = [0] * len(sizes)
+        for _ in range(300):
+            levels = search.mutate(levels, rng)
+            assert sum(levels) == 0
+            assert search.budget_error(levels) < 1e-9
+            ratios = search.ratios_of(levels)
+            assert min(ratios) >= 0 and max(ratios) <= 0.99
+        assert max(levels) > 0  # it moved
+
+
+def test_per_block_search_resumes_to_the_same_result(bench, tmp_path):
+    config = SearchConfig(mode="per-block", offspring=4, promote=1, generations=2, fitness_windows=2,
+                          screen_windows=1, seed=3)
+
+    def run_config(name):
+        return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, bench=TEST_CONFIG,
+                                results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
+                                search=config, report_baselines=("uniform", "dlp"))
+
+    whole = runner.run(run_config("whole"), bench=bench)
+    assert runner.run(run_config("killed"), bench=bench, stop_after=1) is None
+    document = checkpoint.load(tmp_path / "checkpoints" / "killed")
+    resumed = runner.run(runner.RunConfig.from_dict(document["run"]), state=SearchState(**document["state"]), bench=bench)
+    assert resumed["best"]["ratios"] == whole["best"]["ratios"]
+    assert resumed["best"]["val_ppl"] == whole["best"]["val_ppl"] <= whole["baselines"]["uniform"]["val_ppl"]
+    assert whole["best"]["function"] is None
+    ratios = torch.tensor(whole["best"]["ratios"], dtype=torch.float64)
+    assert abs(float((ratios * bench.sizes).sum() / bench.sizes.sum()) - 0.7) < 1e-9
+    assert set(whole["baselines"]) == {"uniform", "dlp"}
+    assert not (tmp_path / "results" / "whole" / "best.json").exists()
+
+
+def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
+    """Two targets (one model at 60 % and 70 %): a candidate's score is the mean over targets of
+    log(ppl / ppl of uniform), each perplexity measured independently here."""
+    from dsa.distributed.pool import InProcessPool
+    from dsa.distributed.worker import Worker
+    from dsa.search.evolution import Target
+    from dsa.search.fitness import PoolEvaluator
+
+    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 2)})
+    session = pool.workers["m"].session
+    features = features_on(session.block_matrices, session.n_blocks)
+    targets = [Target("m", s, bench.sizes, features, f"m@{s:g}|") for s in (0.6, 0.7)]
+    search = Search(SearchConfig(), None, None, PoolEvaluator(pool, {"m": session.tokens_per_window}, "ppl"),
+                    targets=targets)
+    owl = search.individual(seed_names("owl"))
+    allocation = search.allocation_of(owl)
+    (value,) = search.score([allocation], 2)
+    by_hand = []
+    for ratios, sparsity in zip(allocation, (0.6, 0.7)):
+        owl_ppl = session.fitness_perplexity(ratios)
+        uniform_ppl = session.fitness_perplexity([sparsity] * session.n_blocks)
+        by_hand.append(math.log(owl_ppl / uniform_ppl))
+    assert value == pytest.approx(sum(by_hand) / 2, rel=1e-9, abs=1e-12)
+    assert allocation[0] != allocation[1]  # each target has its own ratios
+    session.restore()
+
+
+def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypatch):
+    """A held-out model is loaded only after the last generation, and reported as held-out."""
+    from dsa.search import evolution
+    from evaluators.assets import cache_dir
+    from evaluators.workbench import Workbench
+
+    other = str(cache_dir() / "models" / bench.config.model)  # the same weights under a second name
+    phase, loads = {"selection": True}, []
+    original_init, original_run = Workbench.__init__, evolution.Search.run
+
+    def recording_init(self, config):
+        loads.append((config.model, phase["selection"]))
+        original_init(self, config)
+
+    def run_then_mark(self, *args, **kwargs):
+        original_run(self, *args, **kwargs)
+        phase["selection"] = False
+
+    monkeypatch.setattr(Workbench, "__init__", recording_init)
+    monkeypatch.setattr(evolution.Search, "run", run_then_mark)
+    config = dataclasses.replace(tiny_run_config(tmp_path, "holdout"), holdout=(other,), rank_check=0,
+                                 search=dataclasses.replace(TINY, generations=1))
+    report = runner.run(config, bench=bench)
+    assert loads == [(other, False)]  # the trained model is the shared bench; the held-out one came after
+    rows = {row["target"]: row for row in report["transfer"]}
+    assert rows[f"{other}@0.7"]["trained"] is False and rows[f"{bench.config.model}@0.7"]["trained"] is True
+    # Same weights, same function: the replay on the "held-out" copy gives the same ratios.
+    held = report["targets"][f"{other}@0.7"]["allocations"]["best"]["ratios"]
+    assert held == pytest.approx(report["best"]["ratios"], abs=1e-12)
+
+
+def test_seeds_dsa_published_follows_dsa_code_on_model(bench):
+    """DSA's W:(ABSLOG)-(VAR)-(ATAN,ASIN) with its map, step by step as lliai/DSA's code runs it
+    (float32 on each block's concatenated Wanda scores), against the seed and its function file."""
+    import math
+
+    import numpy as np
+
+    from dsa.functions.files import DSA_PUBLISHED
+
+    session = EvaluationSession(bench)
+    n = session.n_blocks
+    by_hand = []
+    for i in range(n):
+        w = torch.cat([torch.flatten(m.float()) for m in session.block_matrices("wanda", i)])  # prune_all.py:2060
+        w[w == 0] = 1                                            # autolayer.py:37, ABSLOG
+        v = torch.asin(torch.atan(torch.var(torch.log(torch.abs(w))))).item()  # VAR, ATAN, ASIN
+        by_hand.append(0.0 if math.isnan(v) else -1.0 if math.isinf(v) else v)  # autolayer.py:455-458
+    x = np.array(by_hand)
+    x = 1 - (x - x.min()) / (x.max() - x.min())                  # prune_all.py:2075-2077
+    x = (x - x.min()) * (1 / (x.max() - x.min()) * 0.08 * 2)     # prune_all.py:2082-2084
+    want = 1 - (x - x.mean() + (1 - 0.7))                        # prune_all.py:2086-2088, 2192
+    ratios, values = function_ratios(DSA_PUBLISHED, session.block_matrices, n, bench.sizes, 0.7)
+    assert len(set(bench.sizes.tolist())) == 1  # equal-sized blocks: DSA's plain mean is the budget
+    assert [math.isnan(v) for v in values] == [v == 0.0 for v in by_hand]  # same blocks hit asin's nan
+    assert ratios == pytest.approx(want.tolist(), abs=1e-5)      # float32 (DSA) vs float64 statistics
+    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, n), evaluator=None)
+    assert search.ratios_of(search.individual(seed_names("dsa-published"))) == ratios
+
+
+def test_seeds_replay_as_function_files(bench):
+    """The new seeds, written as function files, replay to the seeds' own ratios."""
+    session = EvaluationSession(bench)
+    n = session.n_blocks
+    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, n), evaluator=None)
+    for label in ("dsa-published", "dlp", "atp@0.08"):
+        individual = search.individual(seed_names(label))
+        document = json.loads(json.dumps(from_root(search.root(individual))))
+        assert to_names(document) == seed_names(label)
+        replayed, _ = function_ratios(document, session.block_matrices, n, bench.sizes, 0.7)
+        assert search.ratios_of(individual) == replayed, label
+    atp = torch.tensor(search.ratios_of(search.individual(seed_names("atp@0.08"))), dtype=torch.float64)
+    steps = atp[1:] - atp[:-1]
+    assert torch.allclose(steps, torch.full_like(steps, 0.16 / (n - 1)), rtol=0, atol=1e-12)

@@ -1,6 +1,7 @@
 """Baseline allocations computed on a loaded model: gathers each method's per-block inputs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ from evaluators.errors import UserError
 from evaluators.workbench import Workbench
 
 from . import baselines
-from .constants import ALPHA_EPS, ALPHA_MODE, OWL_LAMBDA, OWL_M
+from .constants import ALPHA_EPS, ALPHA_MODE, DLP_ALPHA, DSA_LAMBDA, OWL_LAMBDA, OWL_M
+from .dlp import dlp_ratios
 from .metrics import block_alpha
 
-METHODS = ("uniform", "global", "er", "owl", "alphapruning", "lamp")
+METHODS = ("uniform", "global", "er", "owl", "alphapruning", "lamp", "dsa-published", "atp", "dlp", "dlp-median")
 
 
 @dataclass(frozen=True)
@@ -25,22 +27,27 @@ class BaselineOptions:
     owl_lambda: float = OWL_LAMBDA
     alpha_eps: float = ALPHA_EPS
     alpha_mode: str = ALPHA_MODE
+    dlp_alpha: float = DLP_ALPHA
+    atp_step: float | None = None  # chosen on validation text by the caller (apply.py, the search)
 
 
 def block_alphas(bench: Workbench, mode: str = ALPHA_MODE) -> torch.Tensor:
     """Mean PL_Alpha_Hill per block; the SVDs run once per model and are cached as JSON."""
+    def checksum(alphas) -> str:
+        return hashlib.sha256(json.dumps(alphas).encode()).hexdigest()
+
     def compute():
         start = time.perf_counter()
         alphas = [block_alpha(bench.dense_weights(i), mode=mode) for i in range(len(bench.blocks))]
-        return {"alphas": alphas, "mode": mode, "seconds": time.perf_counter() - start}
+        return {"alphas": alphas, "mode": mode, "seconds": time.perf_counter() - start, "sha256": checksum(alphas)}
 
     def load(path):
         entry = json.loads(path.read_text())
-        if len(entry["alphas"]) != len(bench.blocks):
-            raise ValueError("one alpha per block expected")
+        if len(entry["alphas"]) != len(bench.blocks) or entry.get("sha256") != checksum(entry["alphas"]):
+            raise ValueError("content does not match its checksum")
         return entry
 
-    path = cache_dir() / "spectra" / f"{bench.loaded.fingerprint}-{mode}.json"
+    path = cache_dir() / "spectra" / f"{bench.loaded.fingerprint}-{mode}-v2.json"  # v2: single-thread SVDs
     entry = cached(path, load, compute, lambda value, tmp: tmp.write_text(json.dumps(value)), "alpha")
     return torch.tensor(entry["alphas"], dtype=torch.float64)
 
@@ -67,6 +74,17 @@ def baseline_ratios(method: str, bench: Workbench, sparsity: float,
         ratios, metric = baselines.global_ratios([bench.block_scores(i) for i in range(n_blocks)], sizes, sparsity)
     elif method == "lamp":
         ratios, metric = baselines.lamp_ratios([bench.dense_weights(i) for i in range(n_blocks)], sizes, sparsity)
+    elif method == "dsa-published":
+        ratios, metric = baselines.dsa_published_ratios([bench.block_scores(i) for i in range(n_blocks)], sizes,
+                                                        sparsity, lam=DSA_LAMBDA)
+    elif method == "atp":
+        if options.atp_step is None:
+            raise UserError("ATP needs its common difference (chosen on validation text): set atp_step")
+        ratios, metric = baselines.atp_ratios(sizes, sparsity, options.atp_step)
+    elif method in ("dlp", "dlp-median"):
+        statistic = "median" if method == "dlp-median" else "mean"
+        ratios, metric = dlp_ratios([bench.block_scores(i) for i in range(n_blocks)], sizes, sparsity,
+                                    alpha=options.dlp_alpha, statistic=statistic)
     else:
         raise UserError(f"unknown allocation {method!r}: use one of {', '.join(METHODS)}")
     return ratios.tolist(), metric.tolist()

@@ -9,9 +9,9 @@ meeting sum(sizes * ratios) == sparsity * sum(sizes) with each ratio in [0, max_
 import torch
 from torch import Tensor
 
-from .constants import ALPHA_EPS, ALPHA_MODE, OWL_LAMBDA, OWL_M
-from .metrics import block_alpha, outlier_fraction
-from .ratios import DEFAULT_MAX_RATIO, alpha_map, owl_map, rebalance, uniform
+from .constants import ALPHA_EPS, ALPHA_MODE, DSA_LAMBDA, OWL_LAMBDA, OWL_M
+from .metrics import block_alpha, element_count, element_sum, outlier_fraction
+from .ratios import DEFAULT_MAX_RATIO, alpha_map, dsa_map, owl_map, rebalance, sanitize_dsa, uniform
 
 # Above this many scores the global threshold is estimated on a subsample: the exact
 # kthvalue needs the float32 concatenation (~0.5 GB at 2**27 elements) plus a working copy.
@@ -188,3 +188,67 @@ def lamp_ratios(block_weights: list[list[Tensor]], sizes, sparsity: float,
     block_lamp = [[lamp_scores(w) for w in mats] for mats in block_weights]
     metric = _pruned_fractions(block_lamp, sparsity, max_exact)
     return rebalance(metric, sizes, sparsity, max_ratio), metric
+
+
+def atp_legal_step(n_blocks: int, sparsity: float) -> float:
+    """ATP's largest common difference: every ratio stays within [0, 1] (its 'Illegal beta' check)."""
+    if n_blocks < 2:
+        return 0.0
+    return min(2 * sparsity, 2 * (1 - sparsity)) / (n_blocks - 1)
+
+
+def atp_ratios(sizes, sparsity: float, step: float,
+               max_ratio: float = DEFAULT_MAX_RATIO) -> tuple[Tensor, Tensor]:
+    """ATP (ICML 2025): sparsity rises linearly with depth, an arithmetic progression of mean S.
+
+    ratio_i = S - step * (L - 1) / 2 + i * step (its code, atp_score); the one hyper-parameter,
+    the common difference `step`, is chosen by a small search on validation text (the caller's
+    job). metric = the block's relative depth i / (L - 1). With equal-sized blocks the plain
+    mean is the parameter-weighted budget; otherwise one additive shift restores it.
+    """
+    n = torch.as_tensor(sizes).reshape(-1).numel()
+    if step < 0 or step > atp_legal_step(n, sparsity) + 1e-12:
+        raise ValueError(f"ATP step {step} is outside [0, {atp_legal_step(n, sparsity):.5f}] for {n} blocks")
+    # S - step * (L - 1) / 2 + i * step is DSA's map of the relative depth with spread
+    # lam = step * (L - 1) / 2; computed that way, the search's ATP seeds reproduce it.
+    depth = torch.tensor([i / (n - 1) if n > 1 else 0.0 for i in range(n)], dtype=torch.float64)
+    return dsa_map(depth, sizes, sparsity, step * (n - 1) / 2, max_ratio), depth
+
+
+def atp_grid(n_blocks: int, sparsity: float, lambdas) -> list[tuple[float, float]]:
+    """ATP's grid as (lam, step = 2 * lam / (L - 1)) pairs: the depth ramp of a DSA map with
+    spread `lam` (so a searched function can reproduce each point), the legal ones only."""
+    if n_blocks < 2:
+        return [(0.0, 0.0)]
+    legal = atp_legal_step(n_blocks, sparsity)
+    return [(lam, 2 * lam / (n_blocks - 1)) for lam in lambdas if 2 * lam / (n_blocks - 1) <= legal + 1e-12]
+
+
+def _dsa_abslog(matrix: Tensor) -> Tensor:
+    """DSA's ABSLOG (lib/autolayer.py element_wise_abslog_op): 0 set to 1, then ln|x| (float32)."""
+    x = matrix.float()
+    return torch.where(x == 0, torch.ones_like(x), x).abs_().log_()
+
+
+def dsa_published_metric(block_scores: list[list[Tensor]]) -> Tensor:
+    """DSA's published function W:(ABSLOG)-(VAR)-(ATAN,ASIN) (its README), one value per block.
+
+    W = the block's Wanda scores, concatenated; VAR is torch.var (unbiased); ASIN of a value
+    outside [-1, 1] is NaN, which DSA's special-value rule turns into 0 (inf into -1).
+    """
+    values = []
+    for mats in block_scores:
+        logs = [_dsa_abslog(m) for m in mats]
+        n = element_count(logs)
+        mu = element_sum(logs) / n
+        var = element_sum(logs, lambda c: (c - mu).square_()) / (n - 1)
+        values.append(var)
+    return sanitize_dsa(torch.asin(torch.atan(torch.tensor(values, dtype=torch.float64))))
+
+
+def dsa_published_ratios(block_scores: list[list[Tensor]], sizes, sparsity: float, lam: float = DSA_LAMBDA,
+                         max_ratio: float = DEFAULT_MAX_RATIO) -> tuple[Tensor, Tensor]:
+    """DSA's published function with DSA's own map: larger importance -> MORE pruning."""
+    _check_block_count(block_scores, sizes)
+    metric = dsa_published_metric(block_scores)
+    return dsa_map(metric, sizes, sparsity, lam, max_ratio), metric

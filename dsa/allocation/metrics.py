@@ -66,7 +66,9 @@ def outlier_fraction(mats: list[torch.Tensor], m: float = OWL_M) -> float:
 def esd(weight: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of W^T W (squared singular values), ascending, float64.
 
-    A non-finite matrix gives nan eigenvalues instead of an SVD error.
+    A non-finite matrix gives nan eigenvalues instead of an SVD error. On CPU the SVD runs on one
+    thread: its last bits depend on the thread count, and a search's workers, apply.py and the
+    alpha cache must agree on every alpha whatever their share of the cores.
     """
     w = weight.to(torch.float64)
     if w.ndim != 2:
@@ -74,10 +76,15 @@ def esd(weight: torch.Tensor) -> torch.Tensor:
     k = min(w.shape)
     if not bool(torch.isfinite(w).all()):
         return torch.full((k,), NAN, dtype=torch.float64, device=w.device)
+    threads = torch.get_num_threads()
+    if w.device.type == "cpu":
+        torch.set_num_threads(1)
     try:
         return torch.linalg.svdvals(w).square().flip(0)
     except RuntimeError:  # e.g. the SVD did not converge
         return torch.full((k,), NAN, dtype=torch.float64, device=w.device)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _clean(eigs):

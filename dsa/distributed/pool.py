@@ -1,8 +1,11 @@
 """Where candidates are evaluated: in this process, or on Ray actors (local, or a cluster).
 
-Both pools offer `call(method, *args)` and `map(method, jobs)` over the worker's methods
-(worker.py), so the search never knows which one it has. Requests carry ratio vectors
-and feature prefixes, replies carry numbers: the model never leaves its worker.
+Workers are grouped by the model they hold (one group per model of a multi-model search).
+Both pools offer `call(method, *args, group=)`, `map(method, jobs, group=)` and
+`map_routed(method, [(group, args), ...])` over the worker's methods (worker.py), so the
+search never knows which pool it has; a job always reaches a worker of its own group.
+Requests carry ratio vectors and feature prefixes, replies carry numbers: the model never
+leaves its worker.
 
 Fault tolerance: Ray restarts a dead actor (it reloads the model from the local cache) and
 retries its in-flight calls; an actor that stays dead is dropped and its calls go to the
@@ -25,21 +28,30 @@ ACTOR_RESTARTS = 3  # per actor; a crash that repeats more often is not transien
 
 
 class InProcessPool:
-    """One worker in the driver's own process (`--workers 0`, tests, debugging)."""
+    """One worker per model in the driver's own process (`--workers 0`, tests, debugging)."""
 
-    size = 1
+    def __init__(self, workers: dict[str, Worker]):
+        self.workers = workers
 
-    def __init__(self, worker: Worker):
-        self.worker = worker
+    @property
+    def size(self) -> int:
+        return len(self.workers)
 
-    def call(self, method: str, *args):
-        return getattr(self.worker, method)(*args)
+    @property
+    def groups(self) -> list[str]:
+        return list(self.workers)
 
-    def map(self, method: str, jobs: list[tuple], desc: str | None = None) -> list:
+    def call(self, method: str, *args, group: str | None = None):
+        return getattr(self.workers[group or self.groups[0]], method)(*args)
+
+    def map(self, method: str, jobs: list[tuple], desc: str | None = None, group: str | None = None) -> list:
+        return self.map_routed(method, [(group or self.groups[0], job) for job in jobs], desc)
+
+    def map_routed(self, method: str, jobs: list[tuple[str, tuple]], desc: str | None = None) -> list:
         results = []
         with _progress(len(jobs), desc) as bar:
-            for job in jobs:
-                results.append(self.call(method, *job))
+            for group, args in jobs:
+                results.append(getattr(self.workers[group], method)(*args))
                 bar.update()
         return results
 
@@ -48,19 +60,29 @@ class InProcessPool:
 
 
 class RayPool:
-    """Worker actors, one per GPU (num_gpus=1) or per share of the CPU cores."""
+    """Worker actors, one per GPU (num_gpus=1) or per share of the CPU cores, grouped by model."""
 
-    def __init__(self, actors: list, started_ray: bool, startup_s: float):
-        self.actors = actors
+    def __init__(self, groups: dict[str, list], started_ray: bool, startup_s: float):
+        self.by_group = groups
         self.started_ray = started_ray
         self.startup_s = startup_s
+
+    @property
+    def actors(self) -> list:
+        return [actor for actors in self.by_group.values() for actor in actors]
 
     @property
     def size(self) -> int:
         return len(self.actors)
 
+    @property
+    def groups(self) -> list[str]:
+        return list(self.by_group)
+
     @classmethod
-    def start(cls, worker_args: tuple, workers: int | None, address: str | None, device: str | None) -> "RayPool":
+    def start(cls, worker_args: dict[str, tuple], workers: int | None, address: str | None,
+              device: str | None) -> "RayPool":
+        """`workers` actors for each model of `worker_args` (model -> Worker arguments)."""
         import ray
 
         tic = time.perf_counter()
@@ -68,18 +90,23 @@ class RayPool:
         resources = ray.cluster_resources()
         gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))
         cpus = int(resources.get("CPU", 1))
-        workers = workers if workers is not None else (gpus or 1)
+        per_group = workers if workers is not None else max(1, gpus // len(worker_args))
+        total = per_group * len(worker_args)
         limit = gpus or cpus
-        if workers > limit:
-            raise UserError(f"--workers {workers} exceeds the cluster's {limit} {'GPUs' if gpus else 'CPU cores'}")
+        if total > limit and (gpus or workers is not None):
+            raise UserError(f"{total} workers ({per_group} per model) exceed the cluster's {limit} "
+                            f"{'GPUs' if gpus else 'CPU cores'}")
         if gpus:
             options, threads = {"num_gpus": 1, "num_cpus": 1}, None
         else:
-            threads = max(1, cpus // workers)
-            options = {"num_cpus": threads}
+            # Without GPUs the cores are shared out; several models on fewer cores share them.
+            share = cpus / total
+            threads = max(1, int(share))
+            options = {"num_cpus": share}
         remote = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(Worker)
-        actors = [remote.options(**options).remote(*worker_args, threads=threads) for _ in range(workers)]
-        pool = cls(actors, started, 0.0)
+        groups = {group: [remote.options(**options).remote(*args, threads=threads) for _ in range(per_group)]
+                  for group, args in worker_args.items()}
+        pool = cls(groups, started, 0.0)
         pool.gather("info")  # waits for every model load; surfaces a failed one
         pool.startup_s = time.perf_counter() - tic
         return pool
@@ -93,44 +120,53 @@ class RayPool:
         except ray.exceptions.RayError as err:
             raise UserError(f"a worker failed: {_one_line(err)}")
 
-    def call(self, method: str, *args):
-        return self.map(method, [args])[0]
+    def call(self, method: str, *args, group: str | None = None):
+        return self.map(method, [args], group=group)[0]
 
-    def map(self, method: str, jobs: list[tuple], desc: str | None = None) -> list:
-        """Results of `method(*job)` in job order; each idle actor takes the next job."""
+    def map(self, method: str, jobs: list[tuple], desc: str | None = None, group: str | None = None) -> list:
+        return self.map_routed(method, [(group or self.groups[0], job) for job in jobs], desc)
+
+    def map_routed(self, method: str, jobs: list[tuple[str, tuple]], desc: str | None = None) -> list:
+        """Results of `method(*args)` in job order; each idle actor of a job's group takes the next job."""
         import ray
 
         results = [None] * len(jobs)
-        waiting = list(range(len(jobs)))[::-1]
-        running: dict = {}  # object ref -> (job index, actor)
-        idle = list(self.actors)
+        waiting = {group: [i for i in range(len(jobs)) if jobs[i][0] == group][::-1] for group in self.by_group}
+        unknown = {group for group, _ in jobs} - set(self.by_group)
+        if unknown:
+            raise ValueError(f"no workers hold {sorted(unknown)}")
+        running: dict = {}  # object ref -> (job index, group, actor)
+        idle = {group: list(actors) for group, actors in self.by_group.items()}
         bar = _progress(len(jobs), desc)
-        while waiting or running:
-            while waiting and idle:
-                index, actor = waiting.pop(), idle.pop(0)
-                running[getattr(actor, method).remote(*jobs[index])] = (index, actor)
+        while any(waiting.values()) or running:
+            for group in self.by_group:
+                while waiting[group] and idle[group]:
+                    index, actor = waiting[group].pop(), idle[group].pop(0)
+                    running[getattr(actor, method).remote(*jobs[index][1])] = (index, group, actor)
             (ref,), _ = ray.wait(list(running), num_returns=1)
-            index, actor = running.pop(ref)
+            index, group, actor = running.pop(ref)
             try:
                 results[index] = ray.get(ref)
             except ray.exceptions.RayActorError as err:
                 # Ray's own restarts and retries are spent: this actor is gone; its job goes on.
-                self._drop(actor, err)
-                waiting.append(index)
+                self._drop(group, actor, err)
+                idle[group] = [a for a in idle[group] if a is not actor]
+                waiting[group].append(index)
                 continue
             except ray.exceptions.RayTaskError as err:
                 raise _as_user_error(err)
-            idle.append(actor)
+            idle[group].append(actor)
             bar.update()
         bar.close()
         return results
 
-    def _drop(self, actor, err) -> None:
-        if actor in self.actors:
-            self.actors.remove(actor)
-        if not self.actors:
-            raise UserError(f"every worker died; last error: {_one_line(err)}")
-        tqdm.write(f"a worker died ({_one_line(err)}); its jobs go to the {len(self.actors)} left")
+    def _drop(self, group: str, actor, err) -> None:
+        actors = self.by_group[group]
+        if actor in actors:
+            actors.remove(actor)
+        if not actors:
+            raise UserError(f"every worker holding {group} died; last error: {_one_line(err)}")
+        tqdm.write(f"a worker died ({_one_line(err)}); its jobs go to the {len(actors)} left holding {group}")
 
     def close(self) -> None:
         import ray
@@ -141,11 +177,15 @@ class RayPool:
             ray.shutdown()
 
 
-def open_pool(worker_args: tuple, workers: int | None, address: str | None, device: str | None,
-              bench=None):
-    """`workers=0` (or a bench already loaded here): in-process; otherwise Ray actors."""
-    if workers == 0 or bench is not None:
-        return InProcessPool(Worker(bench if bench is not None else worker_args[0], *worker_args[1:]))
+def open_pool(worker_args: dict[str, tuple], workers: int | None, address: str | None, device: str | None,
+              benches: dict | None = None):
+    """Workers for each model of `worker_args` (model -> Worker arguments, the first one a
+    BenchConfig). `workers=0`, or benches already loaded here: in-process; otherwise Ray actors
+    (None: one per GPU, else one per model sharing the CPU cores)."""
+    if workers == 0 or benches:
+        benches = benches or {}
+        return InProcessPool({group: Worker(benches.get(group, args[0]), *args[1:])
+                              for group, args in worker_args.items()})
     return RayPool.start(worker_args, workers, address, device)
 
 

@@ -10,7 +10,8 @@ import os
 
 import torch
 
-from dsa.allocation.allocate import baseline_ratios
+from dsa.allocation.allocate import BaselineOptions, baseline_ratios
+from dsa.allocation.constants import alpha_eps_for
 from dsa.functions.pipeline import Node, features_on
 from evaluators.session import EvaluationSession
 from evaluators.workbench import BenchConfig, Workbench
@@ -25,8 +26,11 @@ class Worker:
         self.features_fn = features_on(self.session.block_matrices, self.session.n_blocks)
 
     def info(self) -> dict:
-        return {"sizes": self.session.sizes.tolist(), "tokens_per_window": self.session.tokens_per_window,
-                "pid": os.getpid(), "device": str(self.session.bench.loaded.device)}
+        return {"model": self.session.bench.config.model, "sizes": self.session.sizes.tolist(),
+                "tokens_per_window": self.session.tokens_per_window, "pid": os.getpid(),
+                "device": str(self.session.bench.loaded.device),
+                # Ray gives a GPU actor exactly its own device(s); the model then goes to cuda:0 of those.
+                "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def features(self, node: Node) -> list[float]:
         return self.features_fn(node)
@@ -34,8 +38,10 @@ class Worker:
     def losses(self, ratios: list[float], indices: list[int]) -> list[float]:
         return self.session.window_losses(ratios, indices)
 
-    def baseline_ratios(self, method: str, sparsity: float) -> list[float]:
-        return baseline_ratios(method, self.session.bench, sparsity)[0]
+    def baseline(self, method: str, sparsity: float, atp_step: float | None = None) -> tuple[list, list | None]:
+        """A baseline's (ratios, per-block metric), with AlphaPruning's eps for this metric."""
+        options = BaselineOptions(alpha_eps=alpha_eps_for(self.session.bench.config.metric), atp_step=atp_step)
+        return baseline_ratios(method, self.session.bench, sparsity, options)
 
     def validation_ppl(self, ratios: list[float]) -> float:
         return self.session.fitness_perplexity(ratios)
@@ -43,6 +49,11 @@ class Worker:
     def perplexities(self, ratios: list[float], texts: list[str], windows: int) -> dict[str, float]:
         """Perplexity on each report text, pruned with the cached scores as in the search."""
         return self.session.pruned_perplexities(ratios, texts, windows)
+
+    def final_perplexities(self, ratios: list[float], pruner: str, texts: list[str], windows: int) -> dict[str, float]:
+        """Perplexity on each text after pruning with a final pruner (sequential Wanda: the truth)."""
+        self.session.prune(ratios, pruner)
+        return self.session.perplexities(texts, windows)
 
     def memory(self) -> dict[str, int]:
         return self.session.memory()

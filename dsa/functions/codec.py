@@ -1,10 +1,12 @@
 """Genome node names, written and read in one place.
 
-A node is named `<stage>_<op>` ('pre1_abslog', 'red_var', 'arith_sub', 'tr2_atan', 'post_rank',
-'map_owl'), or is an operand ('wanda', 'magnitude', 'weight'), or a map constant ('lam_0p08',
-'eps_0p3': the value with '.' written 'p', as DEAP names must be identifiers).
+A node is named `<stage>_<op>` ('pre1_abslog', 'pre1_dsa_abslog', 'red_var', 'arith_sub', 'tr2_atan',
+'post_rank', 'map_owl', 'map_dsa'), or is an operand ('wanda', 'magnitude', 'weight', 'depth'), or a
+map constant ('lam_0p08', 'eps_0p3': the value with '.' written 'p', as DEAP names must be identifiers).
 """
 from __future__ import annotations
+
+DEPTH = "depth"  # the operand holding each block's relative depth (made by the interpreter)
 
 STAGES = ("pre1", "pre2", "red", "arith", "tr1", "tr2", "post", "map")
 CONSTANT_KINDS = ("lam", "eps")

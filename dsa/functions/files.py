@@ -1,11 +1,13 @@
 """Allocation functions as data: JSON <-> genome names, validation, and the sympy formula.
 
     {"format": "dsa-function", "version": 1,
-     "importance": {"operand": "wanda", "pre": ["abslog"], "reduction": "var"},
-     "transform": ["atan", "asin"], "post": "noop", "map": {"kind": "owl", "lambda": 0.08}}
+     "importance": {"operand": "wanda", "pre": ["dsa_abslog"], "reduction": "var_unbiased"},
+     "transform": ["atan", "dsa_asin"], "post": "noop", "map": {"kind": "dsa", "lambda": 0.08}}
 
-"importance" may also be {"op": "sub", "args": [importance, importance]} (tree-shaped functions).
-Files are validated field by field and never executed.
+(DSA's published function, DSA_PUBLISHED below.) "importance" may also be
+{"op": "sub", "args": [importance, importance]} (tree-shaped functions). "map" is
+{"kind": "owl" | "dsa", "lambda": x} or {"kind": "alpha", "eps": x}. Operands: wanda,
+magnitude, weight, depth. Files are validated field by field and never executed.
 """
 from __future__ import annotations
 
@@ -17,11 +19,24 @@ from sympy.core.function import AppliedUndef
 from search_space import post, pre, reduction, transform
 
 from .codec import const_name, const_value, node_name, op_of, stage_of
-from .genome import ARITHMETIC, EPS_GRID, LAMBDA_GRID, MAX_ARITHMETIC_DEPTH, OPERANDS
+from .codec import DEPTH
+from .genome import ARITHMETIC, EPS_GRID, LAMBDA_GRID, LAMBDA_MAPS, MAX_ARITHMETIC_DEPTH, OPERANDS
 
 FORMAT = "dsa-function"
 VERSION = 1
 MAX_FILE_BYTES = 64 * 1024
+MAP_KINDS = (*LAMBDA_MAPS, "alpha")
+
+# DSA's published function (lliai/DSA README.md: --graph_string "W:(ABSLOG)-(VAR)-(ATAN,ASIN)-(7)",
+# prune method wanda_owl_search, --Lamda 0.08 by default) in this project's ops, as DSA's code
+# runs it: W is the block's Wanda scores |W_ij| * sqrt(scaler_row_j) of all its linear layers,
+# concatenated and flattened (lib/prune_all.py:2030-2031, 2060); ABSLOG sets 0 to 1 then takes
+# ln|x| (lib/autolayer.py:35-45); VAR is torch.var, unbiased (l. 357); ATAN, ASIN are torch.atan,
+# torch.asin on the scalar (l. 368-370; nan outside [-1, 1]); nan -> 0, +-inf -> -1 (l. 454-458);
+# then DSA's map (lib/prune_all.py:2073-2088). The trailing "(7)" is DSA's unused LAMBDA field.
+DSA_PUBLISHED = {"format": FORMAT, "version": VERSION,
+                 "importance": {"operand": "wanda", "pre": ["dsa_abslog"], "reduction": "var_unbiased"},
+                 "transform": ["atan", "dsa_asin"], "post": "noop", "map": {"kind": "dsa", "lambda": 0.08}}
 
 
 class FunctionError(ValueError):
@@ -68,18 +83,22 @@ def _importance_names(node, depth: int = 0) -> list[str]:
     return [node_name("red", node["reduction"]), node_name("pre2", ops[1]), node_name("pre1", ops[0]), node["operand"]]
 
 
+def _constant_key(kind: str) -> str:
+    """The field holding a map's constant: 'lambda' (owl, dsa) or 'eps' (alpha)."""
+    return "lambda" if kind in LAMBDA_MAPS else "eps"
+
+
 def _constant(mapping) -> str:
-    shapes = ({"kind", "lambda"}, {"kind", "eps"})
-    _expect(isinstance(mapping, dict) and mapping.get("kind") in ("owl", "alpha")
-            and set(mapping) == shapes[mapping["kind"] == "alpha"],
-            "map must be {'kind': 'owl', 'lambda': x} or {'kind': 'alpha', 'eps': x}")
+    _expect(isinstance(mapping, dict) and isinstance(mapping.get("kind"), str) and mapping["kind"] in MAP_KINDS
+            and set(mapping) == {"kind", _constant_key(mapping["kind"])},
+            "map must be {'kind': 'owl' or 'dsa', 'lambda': x} or {'kind': 'alpha', 'eps': x}")
     kind = mapping["kind"]
-    value = mapping["lambda" if kind == "owl" else "eps"]
+    value = mapping[_constant_key(kind)]
     _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
             "map constant must be a finite number")
-    grid = LAMBDA_GRID if kind == "owl" else EPS_GRID
+    grid = LAMBDA_GRID if kind in LAMBDA_MAPS else EPS_GRID
     _expect(any(abs(value - g) < 1e-9 for g in grid), f"map constant {value} is not on the grid {grid}")
-    return const_name("lam" if kind == "owl" else "eps", min(grid, key=lambda g: abs(g - value)))
+    return const_name("lam" if kind in LAMBDA_MAPS else "eps", min(grid, key=lambda g: abs(g - value)))
 
 
 def to_names(data) -> list[str]:
@@ -119,7 +138,7 @@ def from_root(root) -> dict:
     return {"format": FORMAT, "version": VERSION, "importance": importance(tr1.children[0]),
             "transform": [o for o in (op_of(tr1.name), op_of(tr2.name)) if o != "noop"],
             "post": op_of(posted.name),
-            "map": {"kind": kind, ("lambda" if kind == "owl" else "eps"): const_value(constant.name)}}
+            "map": {"kind": kind, _constant_key(kind): const_value(constant.name)}}
 
 
 def importance_expr(data) -> sympy.Expr:
@@ -128,7 +147,7 @@ def importance_expr(data) -> sympy.Expr:
         if "op" in node:
             a, b = (node_expr(n) for n in node["args"])
             return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b}[node["op"]]
-        expr = sympy.Symbol("W" if node["operand"] == "weight" else "x")
+        expr = sympy.Symbol(OPERAND_SYMBOL.get(node["operand"], "x"))
         for name in node["pre"]:
             expr = pre.OPS[name].sym(expr)
         return reduction.OPS[node["reduction"]].sym(expr)
@@ -139,8 +158,10 @@ def importance_expr(data) -> sympy.Expr:
     return post.OPS[data.get("post", "noop")].sym(expr)
 
 
+OPERAND_SYMBOL = {"weight": "W", DEPTH: "d"}  # others: x
 OPERAND_MEANING = {"wanda": "x = Wanda score |W_ij| * ||X_j||", "magnitude": "x = magnitude |W_ij|",
-                   "weight": "W = the weight matrices of the block"}
+                   "weight": "W = the weight matrices of the block",
+                   DEPTH: "d = the block's relative depth i / (L - 1) (0 first block, 1 last)"}
 
 
 def _operands(node) -> set[str]:
@@ -151,14 +172,16 @@ def _operands(node) -> set[str]:
 
 # What every undefined function of the formulas returns: all are real (block scalars of real
 # scores, element-wise maps of reals); these are also never negative.
-_NONNEGATIVE = {"var", "l2", "entropy", "rank", "outlier", "minmax", "softmax"}
+_NONNEGATIVE = {"var", "var_unbiased", "l2", "entropy", "rank", "outlier", "minmax", "dsa_minmax", "softmax"}
 
 
 def real_form(expr: sympy.Expr) -> sympy.Expr:
-    """`expr` with the facts sympy needs to simplify it: x and W are real and every undefined
-    function (mean, var, zscore, rank, ...) is real-valued, var, l2, entropy, rank, outlier,
-    minmax and softmax also non-negative. Then e.g. log|exp(v)| = v and sqrt|var(x)| = std."""
-    expr = expr.subs({sympy.Symbol("x"): sympy.Symbol("x", real=True), sympy.Symbol("W"): sympy.Symbol("W", real=True)})
+    """`expr` with the facts sympy needs to simplify it: x and W are real, d (depth) is
+    non-negative, and every undefined function (mean, var, zscore, rank, ...) is real-valued,
+    those in _NONNEGATIVE (var, l2, minmax, ...) also non-negative. Then e.g. log|exp(v)| = v
+    and sqrt|var(x)| = std."""
+    expr = expr.subs({sympy.Symbol("x"): sympy.Symbol("x", real=True), sympy.Symbol("W"): sympy.Symbol("W", real=True),
+                      sympy.Symbol("d"): sympy.Symbol("d", nonnegative=True)})
 
     def assume(call):
         name = call.func.__name__
@@ -168,14 +191,46 @@ def real_form(expr: sympy.Expr) -> sympy.Expr:
     return sympy.refine(expr.replace(lambda e: isinstance(e, AppliedUndef), assume))
 
 
+def _block_functions() -> frozenset[str]:
+    """Names of the undefined functions that stand for a whole block's or vector's value
+    (reductions: mean, var, ...; vector post ops: softmax, rank)."""
+    x = sympy.Symbol("x")
+    return frozenset(f.func.__name__ for registry in (reduction.OPS, post.OPS) for op in registry.values()
+                     for f in sympy.sympify(op.sym(x)).atoms(AppliedUndef))
+
+
+_BLOCK_FUNCTIONS = _block_functions()
+
+
+def _simplify(expr: sympy.Expr) -> sympy.Expr:
+    """sympy.simplify that keeps every reduction call whole: its argument (an expression of the
+    element x) is simplified on its own, then the call stands as one real symbol (non-negative
+    when the call is) while the rest is simplified. Plain simplify folds a Piecewise element op
+    (dsa_abslog, dsa_log) out of the reduction over the elements, which is wrong:
+    var(Piecewise((0, x = 0), (log|x|, True))) is not Piecewise((var(0), x = 0), (var(log|x|), True))."""
+    symbols: dict[sympy.Expr, sympy.Dummy] = {}
+
+    def opaque(call):
+        inner = call.func(*(sympy.simplify(a) for a in call.args))
+        facts = {"real": True, **({"nonnegative": True} if inner.is_nonnegative else {})}
+        return symbols.setdefault(inner, sympy.Dummy(call.func.__name__, **facts))
+
+    hidden = expr.replace(lambda e: isinstance(e, AppliedUndef) and e.func.__name__ in _BLOCK_FUNCTIONS, opaque)
+    out = sympy.simplify(hidden)
+    back = {symbol: inner for inner, symbol in symbols.items()}
+    while back and out.has(*back):  # nested calls (rank of a mean) come back in turn
+        out = out.xreplace(back)
+    return out
+
+
 def simplified_expr(data) -> sympy.Expr:
     """The importance expression simplified under real_form's assumptions."""
-    return sympy.simplify(real_form(importance_expr(data)))
+    return _simplify(real_form(importance_expr(data)))
 
 
 def map_of(data) -> tuple[str, float]:
     mapping = data["map"]
-    return mapping["kind"], float(mapping["lambda" if mapping["kind"] == "owl" else "eps"])
+    return mapping["kind"], float(mapping[_constant_key(mapping["kind"])])
 
 
 def same_formula(a, b) -> tuple[bool, str]:
@@ -193,7 +248,7 @@ def same_formula(a, b) -> tuple[bool, str]:
     if ea == eb:
         return True, "different ops, identical formula"
     ra, rb = real_form(ea), real_form(eb)
-    if ra == rb or sympy.simplify(ra - rb) == 0:
+    if ra == rb or _simplify(ra - rb) == 0:
         return True, "different ops, algebraically equal formulas"
     return False, "different importance formulas"
 
@@ -204,6 +259,9 @@ def describe(data) -> str:
     mapping = data["map"]
     if mapping["kind"] == "owl":
         map_text = f"ratios = OWL map of importance, lambda = {mapping['lambda']} (more important -> less pruning)"
+    elif mapping["kind"] == "dsa":
+        map_text = (f"ratios = DSA map of importance, lambda = {mapping['lambda']} (larger importance -> MORE "
+                    "pruning: ratio = S + 2 lambda (minmax(v) - mean(minmax(v))); nan -> 0, +-inf -> -1 first)")
     else:
         map_text = f"ratios = AlphaPruning map of importance, eps = {mapping['eps']} (larger -> more pruning)"
     symbols = "; ".join(OPERAND_MEANING[o] for o in sorted(_operands(data["importance"])))

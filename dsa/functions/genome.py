@@ -6,6 +6,14 @@ Each stage position has its own type, so random generation, crossover (subtrees 
 and node-replacement mutation can only ever produce pipelines of that shape. `noop` ops make the
 0-2 pre-processing and transform ops of DSA. With `arithmetic=True`, block vectors can also be
 joined by + - * / before the transforms (tree-shaped functions, beyond DSA's linear pipelines).
+
+Maps: `map_owl` and `map_dsa` take a lambda (LAMBDA_GRID), `map_alpha` an eps (EPS_GRID).
+Operands: the scores `wanda`, `magnitude`, the `weight`s, and `depth` (each block's relative
+depth i / (L - 1), made by the interpreter: functions of depth transfer across models).
+
+Seeds (`seed_genomes()`, label -> names) are individuals whose ratios equal the baselines':
+uniform, owl, alphapruning (eps by pruner), dsa-published (DSA's README function), dlp, and
+atp@<lambda> for each lambda of ATP_LAMBDAS (ATP's depth ramp).
 """
 from __future__ import annotations
 
@@ -13,13 +21,14 @@ import random
 
 from deap import gp
 
-from dsa.allocation.constants import ALPHA_EPS, OWL_LAMBDA
+from dsa.allocation.constants import ALPHA_EPS, ATP_LAMBDAS, DLP_ALPHA, DSA_LAMBDA, OWL_LAMBDA
 from search_space import post, pre, reduction, transform
 
-from .codec import const_name, node_name, stage_of
+from .codec import DEPTH, const_name, node_name, stage_of
 
-OPERANDS = ("wanda", "magnitude", "weight")
+OPERANDS = ("wanda", "magnitude", "weight", DEPTH)
 LAMBDA_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25)
+LAMBDA_MAPS = ("owl", "dsa")  # maps taking a lambda (the others take an eps)
 EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 ARITHMETIC = ("add", "sub", "mul", "div")
 MAX_ARITHMETIC_DEPTH = 2  # at most 4 reductions joined: keeps functions readable and cheap
@@ -57,6 +66,7 @@ def build_pset(arithmetic: bool = False) -> gp.PrimitiveSetTyped:
         pset.addPrimitive(stub, [Tr2], Posted, name=node_name("post", name))
     pset.addPrimitive(stub, [Posted, Lam], Ratios, name=node_name("map", "owl"))
     pset.addPrimitive(stub, [Posted, Eps], Ratios, name=node_name("map", "alpha"))
+    pset.addPrimitive(stub, [Posted, Lam], Ratios, name=node_name("map", "dsa"))
     for name in OPERANDS:
         pset.addTerminal(name, Operand, name=name)
     for value in LAMBDA_GRID:
@@ -98,19 +108,73 @@ def names_of(tree) -> list[str]:
     return [node.name for node in tree]
 
 
-def seed_names(method: str) -> list[str]:
-    """The individuals whose ratios equal the baseline implementations."""
-    chain = [node_name("post", "noop"), node_name("tr2", "noop"), node_name("tr1", "noop")]
-    plain = [node_name("pre2", "noop"), node_name("pre1", "noop")]
+def _pipeline(mapping: str, operand: str, reduce: str, constant: str, pre_ops=("noop", "noop"),
+              transforms=("noop", "noop"), post_op: str = "noop") -> list[str]:
+    """Prefix names of map(post(tr2(tr1(red(pre2(pre1(operand)))))), constant)."""
+    return [node_name("map", mapping), node_name("post", post_op), node_name("tr2", transforms[1]),
+            node_name("tr1", transforms[0]), node_name("red", reduce), node_name("pre2", pre_ops[1]),
+            node_name("pre1", pre_ops[0]), operand, constant]
+
+
+def seed_names(method: str, lam: float | None = None, eps: float | None = None) -> list[str]:
+    """The individual whose ratios equal a baseline implementation's.
+
+    `method` is a label of seed_genomes() ('atp@0.08' carries its lambda) or a method name:
+    - uniform: OWL's map with lambda 0 (flat whatever the metric);
+    - owl: outlier fraction (M = 5), OWL's map, lambda OWL_LAMBDA;
+    - alphapruning: mean PL_Alpha_Hill (peak) of the weights, AlphaPruning's map, `eps`
+      (default ALPHA_EPS; its scripts: 0.2 with Wanda and SparseGPT, 0.3 with magnitude);
+    - dsa-published: DSA's README function W:(ABSLOG)-(VAR)-(ATAN,ASIN) as DSA's code runs it:
+      dsa_abslog, var_unbiased, atan, dsa_asin, DSA's sanitiser and map, lambda DSA_LAMBDA;
+    - dlp: mean Wanda score of the block (DLP's public code path), DSA's map (DLP's formula),
+      lambda DLP_ALPHA;
+    - atp: relative depth through DSA's map with lambda `lam` (required): ratio_i =
+      S + 2 * lam * (depth_i - mean_w(depth)), an arithmetic progression in depth.
+    """
+    if "@" in method:
+        method, _, text = method.partition("@")
+        if method != "atp" or lam is not None:
+            raise ValueError(f"no seed for {method + '@' + text!r}")
+        lam = float(text)
     if method == "uniform":  # lambda = 0 makes OWL's map flat whatever the metric
-        return [node_name("map", "owl"), *chain, node_name("red", "mean"), *plain, "wanda", const_name("lam", 0.0)]
+        return _pipeline("owl", "wanda", "mean", const_name("lam", 0.0))
     if method == "owl":
-        return [node_name("map", "owl"), *chain, node_name("red", "outlier"), *plain, "wanda",
-                const_name("lam", OWL_LAMBDA)]
+        return _pipeline("owl", "wanda", "outlier", const_name("lam", OWL_LAMBDA))
     if method == "alphapruning":
-        return [node_name("map", "alpha"), *chain, node_name("red", "alpha_peak"), *plain, "weight",
-                const_name("eps", ALPHA_EPS)]
+        eps = ALPHA_EPS if eps is None else eps
+        if not any(abs(eps - g) < 1e-9 for g in EPS_GRID):
+            raise ValueError(f"eps {eps} is not on the grid {EPS_GRID}")
+        return _pipeline("alpha", "weight", "alpha_peak", const_name("eps", _on_grid(eps, EPS_GRID)))
+    if method == "dsa-published":
+        return _pipeline("dsa", "wanda", "var_unbiased", const_name("lam", DSA_LAMBDA),
+                         pre_ops=("dsa_abslog", "noop"), transforms=("atan", "dsa_asin"))
+    if method == "dlp":
+        return _pipeline("dsa", "wanda", "mean", const_name("lam", DLP_ALPHA))
+    if method == "atp":
+        if lam is None or not any(abs(lam - g) < 1e-9 for g in LAMBDA_GRID):
+            raise ValueError(f"the atp seed needs a lambda on the grid {LAMBDA_GRID}, got {lam}")
+        return _pipeline("dsa", DEPTH, "mean", const_name("lam", _on_grid(lam, LAMBDA_GRID)))
     raise ValueError(f"no seed for {method!r}")
 
 
-SEEDS = ("uniform", "owl", "alphapruning")
+def _on_grid(value: float, grid) -> float:
+    return min(grid, key=lambda g: abs(g - value))
+
+
+def atp_label(lam: float) -> str:
+    return f"atp@{lam:g}"
+
+
+def seed_genomes(alpha_eps: float = ALPHA_EPS, atp_lambdas=ATP_LAMBDAS) -> dict[str, list[str]]:
+    """Every seed, label -> prefix names: uniform, owl, alphapruning (with `alpha_eps`),
+    dsa-published, dlp, and atp@<lam> for each lambda of `atp_lambdas`."""
+    seeds = {method: seed_names(method) for method in ("uniform", "owl")}
+    seeds["alphapruning"] = seed_names("alphapruning", eps=alpha_eps)
+    seeds["dsa-published"] = seed_names("dsa-published")
+    seeds["dlp"] = seed_names("dlp")
+    for lam in atp_lambdas:
+        seeds[atp_label(lam)] = seed_names("atp", lam)
+    return seeds
+
+
+SEEDS = tuple(seed_genomes())  # labels; seed_names(label) gives each one's names

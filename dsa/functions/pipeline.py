@@ -15,7 +15,7 @@ from search_space import post, pre, reduction, transform
 
 from dsa.allocation import ratios as ratio_maps
 
-from .codec import const_value, op_of, stage_of
+from .codec import DEPTH, const_value, op_of, stage_of
 
 
 class InvalidFunction(ValueError):
@@ -51,18 +51,36 @@ def prefix_key(node: Node) -> str:
     return f"{node.name}({', '.join(prefix_key(c) for c in node.children)})"
 
 
+def relative_depth(index: int, n_blocks: int) -> float:
+    """The `depth` operand's value: index / (n_blocks - 1), 0 for the first block and 1 for the
+    last (0 for a one-block model)."""
+    return index / (n_blocks - 1) if n_blocks > 1 else 0.0
+
+
+def operand_mats(operand: str, index: int, n_blocks: int,
+                 block_mats: Callable[[str, int], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Block `index`'s matrices for an operand. `depth` is one 1x1 float64 tensor holding the
+    block's relative depth (so every pre-processing op and reduction applies to it); the others
+    come from `block_mats`."""
+    if operand == DEPTH:
+        return [torch.tensor([[relative_depth(index, n_blocks)]], dtype=torch.float64)]
+    return block_mats(operand, index)
+
+
 def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> list[float]:
     """One value per block of a reduction prefix (operand -> pre1 -> pre2 -> reduction).
 
-    `block_mats(operand, i)` returns block i's matrices for an operand (wanda, magnitude, weight).
+    `block_mats(operand, i)` returns block i's matrices for an operand (wanda, magnitude, weight);
+    the `depth` operand is made here (it needs only n_blocks). Element-wise pre ops run on each
+    matrix, block-level ones (pre.BLOCK) on the block's list (search_space.pre.apply_chain).
     """
     pre2 = node.children[0]
     pre1 = pre2.children[0]
     operand = pre1.children[0].name
     reduce = reduction.OPS[op_of(node.name)].fn
-    first = pre.OPS[op_of(pre1.name)].fn
-    second = pre.OPS[op_of(pre2.name)].fn
-    return [float(reduce([second(first(m)) for m in block_mats(operand, i)])) for i in range(n_blocks)]
+    names = [op_of(pre1.name), op_of(pre2.name)]
+    return [float(reduce(pre.apply_chain(names, operand_mats(operand, i, n_blocks, block_mats))))
+            for i in range(n_blocks)]
 
 
 def features_on(block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> Callable[[Node], list[float]]:
@@ -77,8 +95,9 @@ class FeatureMemo:
     request to a worker that holds the model (the driver of a distributed search holds none).
     """
 
-    def __init__(self, compute: Callable[[Node], list[float]]):
+    def __init__(self, compute: Callable[[Node], list[float]], namespace: str = ""):
         self.compute = compute
+        self.namespace = namespace  # the model's name in a multi-model search: memos share one store
         self.values: dict[str, list[float]] = {}
         self.hits = 0
 
@@ -87,7 +106,7 @@ class FeatureMemo:
         return cls(features_on(block_mats, n_blocks))
 
     def get(self, node: Node) -> torch.Tensor:
-        key = prefix_key(node)
+        key = self.namespace + prefix_key(node)
         if key in self.values:
             self.hits += 1
         else:
@@ -125,13 +144,15 @@ def block_values(node: Node, memo: FeatureMemo) -> torch.Tensor:
 def allocation_ratios(root: Node, memo: FeatureMemo, sizes: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Per-block ratios of a whole function; raises InvalidFunction when it yields none."""
     posted, constant = root.children
-    values = ratio_maps.sanitize(block_values(posted, memo))
+    raw = block_values(posted, memo)
     value = const_value(constant.name)
     kind = op_of(root.name)
     if kind == "owl":
-        result = ratio_maps.owl_map(values, sizes, sparsity, value)
+        result = ratio_maps.owl_map(ratio_maps.sanitize(raw), sizes, sparsity, value)
     elif kind == "alpha":
-        result = ratio_maps.alpha_map(values, sizes, sparsity, value)
+        result = ratio_maps.alpha_map(ratio_maps.sanitize(raw), sizes, sparsity, value)
+    elif kind == "dsa":  # DSA's own sanitiser (nan -> 0, +-inf -> -1), then its map
+        result = ratio_maps.dsa_map(ratio_maps.sanitize_dsa(raw), sizes, sparsity, value)
     else:
         raise ValueError(f"unexpected root {root.name}")
     if not torch.isfinite(result).all():

@@ -1,12 +1,44 @@
 """Search checkpoints: one JSON document, replaced atomically so a kill never leaves half a file."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from evaluators.cache import atomic_write_text
+from evaluators.errors import UserError
 
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def exclusive(directory):
+    """Hold the run directory for one process: a second search with the same name is refused.
+
+    An OS file lock, so a killed run never leaves a stale lock behind.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{directory} is in use by a running search (pid {owner}); choose another --name")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield directory
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def save(directory, document: dict) -> Path:

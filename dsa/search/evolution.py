@@ -8,6 +8,7 @@ on all fitness windows -> the best `population` of parents + completed offspring
 """
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -19,9 +20,10 @@ from deap import base, creator, gp, tools
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .fitness import ratio_key
-from dsa.functions.genome import SEEDS, Ratios, build_pset, names_of, random_subtree, seed_names, tree_from_names
-from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, parse
+from .fitness import FitnessCache, ratio_key
+from dsa.allocation.constants import ALPHA_EPS
+from dsa.functions.genome import Ratios, build_pset, names_of, random_subtree, seed_genomes, tree_from_names
+from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, parse
 
 PENALTY = 1e9  # fitness of a function that yields no valid ratios: never selected, never a crash
 
@@ -46,6 +48,10 @@ class SearchConfig:
     random_search: bool = False
     fitness_windows: int = 4
     screen_windows: int = 1
+    sparsities: tuple = ()     # several sparsities, averaged like models; empty: `sparsity` alone
+    mode: str = "function"     # "function": evolve allocation functions; "per-block": evolve ratios
+    level_step: float = 0.01   # per-block: the ratio step of one level
+    max_switches: int = 3      # per-block: level switches per child (EvoPress: 1..3)
 
 
 @dataclass
@@ -65,6 +71,55 @@ class SearchState:
     feature_cache_hits: int = 0
     wall_s: float = 0.0
     rng: list | None = None
+
+
+def check_state(state: SearchState, config: SearchConfig) -> None:
+    """A checkpoint's state, field by field: valid JSON with bad contents never reaches the loop.
+
+    Raises ValueError saying what is wrong.
+    """
+    def expect(condition, message):
+        if not condition:
+            raise ValueError(message)
+
+    for name in ("population", "offspring", "promote", "generations", "tournament", "hall_of_fame",
+                 "fitness_windows", "screen_windows", "max_switches"):
+        value = getattr(config, name)
+        expect(type(value) is int and value >= 1, f"config {name} must be a positive integer, not {value!r:.40}")
+    for name in ("cxpb", "mutpb"):
+        expect(isinstance(getattr(config, name), (int, float)) and 0 <= getattr(config, name) <= 1,
+               f"config {name} must be a probability")
+    for value in (config.sparsity, *config.sparsities):
+        expect(isinstance(value, (int, float)) and 0 < value < 1, "config sparsity must lie in (0, 1)")
+    expect(config.mode in ("function", "per-block"), f"unknown search mode {config.mode!r:.40}")
+    counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "feature_cache_hits")
+    for name in counters:
+        value = getattr(state, name)
+        expect(type(value) is int and value >= 0, f"{name} must be a non-negative integer, not {value!r:.40}")
+    expect(isinstance(state.wall_s, (int, float)) and state.wall_s >= 0, "wall_s must be a non-negative number")
+    for name in ("losses", "features"):
+        expect(isinstance(getattr(state, name), dict), f"{name} must be an object")
+    expect(isinstance(state.history, list), "history must be a list")
+    pset = build_pset(config.arithmetic)
+    for field_name in ("population", "hall_of_fame"):
+        entries = getattr(state, field_name)
+        expect(isinstance(entries, list), f"{field_name} must be a list")
+        for entry in entries:
+            expect(isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], (int, float)),
+                   f"{field_name} entries must be [genome, fitness]")
+            genome = entry[0]
+            if config.mode == "per-block":
+                expect(isinstance(genome, list) and all(type(v) is int for v in genome), "levels must be integers")
+            else:
+                expect(isinstance(genome, list) and all(isinstance(n, str) for n in genome), "names must be strings")
+                unknown = [n for n in genome if n not in pset.mapping]
+                expect(not unknown, f"unknown node {unknown[:1]}")
+    if state.rng is not None:
+        rng = state.rng
+        expect(isinstance(rng, list) and len(rng) == 3 and type(rng[0]) is int and isinstance(rng[1], list)
+               and len(rng[1]) == 625 and all(type(v) is int and 0 <= v < 2**32 for v in rng[1])
+               and (rng[2] is None or isinstance(rng[2], float)), "rng is not a saved random state")
+        expect(state.population, "a started run has a population")
 
 
 def one_point_crossover(ind1, ind2):
@@ -89,20 +144,50 @@ def one_point_crossover(ind1, ind2):
     return ind1, ind2
 
 
+@dataclass
+class Target:
+    """One (model, sparsity) a candidate function is scored on, with that model's block data.
+
+    `namespace` prefixes its fitness-cache keys and its memoised features: empty for a
+    single-model search (so its checkpoints read as before), 'model@sparsity|' otherwise.
+    """
+
+    group: str | None      # the pool group (model) whose workers evaluate it; None: the only one
+    sparsity: float
+    sizes: object          # float64 tensor, prunable weights per block
+    features: Callable     # prefix node -> per-block values, computed where the model is
+    namespace: str = ""
+
+
 class Search:
+    """The function search over one or several targets (models x sparsities).
+
+    With one target a candidate's fitness is its validation perplexity (or KL); with several,
+    the mean over targets of log(fitness / fitness of uniform), so no model dominates.
+    """
+
     def __init__(self, config: SearchConfig, sizes, features: Callable, evaluator, state: SearchState | None = None,
-                 checkpoint_dir=None, extra: dict | None = None):
+                 checkpoint_dir=None, extra: dict | None = None, targets: list[Target] | None = None,
+                 seed_eps: float = ALPHA_EPS):
         if not 1 <= config.screen_windows <= config.fitness_windows:
             raise ValueError("screen_windows must be between 1 and fitness_windows")
         self.config = config
-        self.sizes = sizes
         self.evaluator = evaluator
         self.pset = build_pset(config.arithmetic)
-        self.memo = FeatureMemo(features)
         self.state = state or SearchState()
-        self.memo.values = self.state.features
+        self.targets = targets or [Target(None, config.sparsity, sizes, features)]
+        self.sizes = self.targets[0].sizes
+        # One memo per model, all stored in the checkpointed state (keys carry the namespace).
+        self.memos = {}
+        for target in self.targets:
+            model = target.namespace.split("@")[0]
+            if model not in self.memos:
+                self.memos[model] = FeatureMemo(target.features, namespace=f"{model}|" if model else "")
+                self.memos[model].values = self.state.features
+        self.caches = [FitnessCache(self.state, evaluator, t.namespace, t.group) for t in self.targets]
         self.checkpoint_dir = checkpoint_dir
         self.extra = extra or {}
+        self.seed_eps = seed_eps  # AlphaPruning's eps for the search's metric, as the baseline uses
         self.toolbox = self._toolbox()
 
     # ---- genome plumbing -------------------------------------------------------------------
@@ -130,42 +215,56 @@ class Search:
     def root(self, ind):
         return parse(names_of(ind), lambda name: self.pset.mapping[name].arity)
 
-    def ratios_of(self, ind):
-        """Per-block ratios, or None when the function is invalid (penalised, never a crash).
+    def memo_of(self, target: Target) -> FeatureMemo:
+        return self.memos[target.namespace.split("@")[0]]
 
-        Also tags the individual with its allocation key, which survival de-duplicates on.
-        """
-        before = self.memo.hits
-        try:
-            result = allocation_ratios(self.root(ind), self.memo, self.sizes, self.config.sparsity).tolist()
-        except (InvalidFunction, ValueError, RuntimeError, OverflowError):
-            result = None
-        self.state.feature_cache_hits += self.memo.hits - before
-        ind.key = ratio_key(result) if result is not None else f"invalid:{ind}"
+    def allocation_of(self, ind) -> list[list[float]] | None:
+        """Per-block ratios for every target, or None when the function is invalid on any
+        (penalised, never a crash). Also tags the individual with its allocation key, which
+        survival de-duplicates on."""
+        root = self.root(ind)
+        result = []
+        for target in self.targets:
+            memo = self.memo_of(target)
+            before = memo.hits
+            try:
+                result.append(allocation_ratios(root, memo, target.sizes, target.sparsity).tolist())
+            except (InvalidFunction, ValueError, RuntimeError, OverflowError):
+                result = None
+            self.state.feature_cache_hits += memo.hits - before
+            if result is None:
+                break
+        ind.key = "|".join(ratio_key(r) for r in result) if result is not None else f"invalid:{ind}"
         return result
 
-    # ---- fitness -----------------------------------------------------------------------------
-    def fitness(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
-        """Fitness of each allocation on its first `count` windows, as one batch for the workers.
+    def importance_of(self, ind, target: int = 0) -> list[float]:
+        """The per-block values the map receives (after post-processing), on one target."""
+        return block_values(self.root(ind).children[0], self.memo_of(self.targets[target])).tolist()
 
-        Only windows not cached yet are evaluated; an allocation requested twice (or already
-        known) is a cache hit.
+    def ratios_of(self, ind, target: int = 0):
+        """One target's per-block ratios (the only target's in a single-model search), or None."""
+        allocation = self.allocation_of(ind)
+        return allocation[target] if allocation is not None else None
+
+    # ---- fitness -----------------------------------------------------------------------------
+    def fitness(self, ratio_vectors: list, count: int, desc: str | None = None, target: int = 0) -> list[float]:
+        """One target's fitness of each ratio vector on its first `count` windows (cached; one batch)."""
+        return self.caches[target](ratio_vectors, count, desc)
+
+    def score(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
+        """The selection value of each allocation (one ratio vector per target).
+
+        One target: its fitness. Several: mean over targets of log(fitness / uniform's fitness),
+        uniform measured on the same windows (cached after the first call).
         """
-        jobs = {}
-        for ratios in allocations:
-            key = ratio_key(ratios)
-            known = self.state.losses.setdefault(key, {})
-            missing = [i for i in range(count) if str(i) not in known]
-            if missing and key not in jobs:
-                jobs[key] = (ratios, missing)
-            else:
-                self.state.cache_hits += 1
-        for (key, (_, missing)), losses in zip(jobs.items(), self.evaluator.losses_many(list(jobs.values()), desc)):
-            self.state.losses[key].update({str(i): loss for i, loss in zip(missing, losses)})
-            self.state.evaluations += 1
-            self.state.windows_evaluated += len(missing)
-        return [self.evaluator.score([self.state.losses[ratio_key(r)][str(i)] for i in range(count)])
-                for r in allocations]
+        if len(self.targets) == 1:
+            return self.fitness([a[0] for a in allocations], count, desc)
+        per_target = []
+        for index, target in enumerate(self.targets):
+            uniform = [target.sparsity] * len(target.sizes)
+            values = self.fitness([a[index] for a in allocations] + [uniform], count, desc, index)
+            per_target.append([math.log(v / values[-1]) for v in values[:-1]])
+        return [sum(column) / len(column) for column in zip(*per_target)]
 
     def _assign(self, ind, value: float) -> None:
         ind.fitness.values = (value,)
@@ -173,13 +272,14 @@ class Search:
     # ---- the loop -------------------------------------------------------------------------------
     def initialise(self) -> None:
         random.seed(self.config.seed)
-        population = [self.individual(seed_names(name)) for name in SEEDS]
-        while len(population) < max(self.config.population, len(SEEDS)):
+        seeds = seed_genomes(alpha_eps=self.seed_eps)
+        population = [self.individual(names) for names in seeds.values()]
+        while len(population) < max(self.config.population, len(seeds)):
             population.append(self.random_individual())
-        allocations = [self.ratios_of(ind) for ind in population]
+        allocations = [self.allocation_of(ind) for ind in population]
         self.state.invalid += allocations.count(None)
         valid = [(ind, ratios) for ind, ratios in zip(population, allocations) if ratios is not None]
-        values = self.fitness([r for _, r in valid], self.config.fitness_windows, "initial population")
+        values = self.score([r for _, r in valid], self.config.fitness_windows, "initial population")
         for ind in population:
             self._assign(ind, PENALTY)
         for (ind, _), value in zip(valid, values):
@@ -208,23 +308,22 @@ class Search:
         offspring = self._variation()
         valid = []
         for ind in offspring:
-            ratios = self.ratios_of(ind)
+            ratios = self.allocation_of(ind)
             if ratios is None:
                 self.state.invalid += 1
                 self._assign(ind, PENALTY)
             else:
                 valid.append((ind, ratios))
-        screen = self.fitness([r for _, r in valid], cfg.screen_windows, "screening")
-        screened = sorted(((value, ratio_key(r), ind, r) for value, (ind, r) in zip(screen, valid)),
+        screen = self.score([r for _, r in valid], cfg.screen_windows, "screening")
+        screened = sorted(((value, ind.key, ind, r) for value, (ind, r) in zip(screen, valid)),
                           key=lambda item: item[0])
         # Promote the best distinct allocations to the full fitness budget.
         promoted_keys = []
         for _, key, _, _ in screened:
             if key not in promoted_keys and len(promoted_keys) < cfg.promote:
                 promoted_keys.append(key)
-        chosen = [(ind, ratios) for _, key, ind, ratios in screened
-                  if key in promoted_keys or all(str(i) in self.state.losses[key] for i in range(cfg.fitness_windows))]
-        for (ind, _), value in zip(chosen, self.fitness([r for _, r in chosen], cfg.fitness_windows, "completing")):
+        chosen = [(ind, ratios) for _, key, ind, ratios in screened if key in promoted_keys or self._complete(ratios)]
+        for (ind, _), value in zip(chosen, self.score([r for _, r in chosen], cfg.fitness_windows, "completing")):
             self._assign(ind, value)
         completed = [ind for ind, _ in chosen]
         # (mu + lambda) survival among distinct allocations.
@@ -236,6 +335,11 @@ class Search:
         self.population = pool[:cfg.population]
         self.hof.update(self.population)
         self._record()
+
+    def _complete(self, allocation) -> bool:
+        """Whether every target's fitness windows of this allocation are known already."""
+        return all(str(i) in self.state.losses.get(cache.key(ratios), {})
+                   for cache, ratios in zip(self.caches, allocation) for i in range(self.config.fitness_windows))
 
     def _record(self) -> None:
         values = [ind.fitness.values[0] for ind in self.population if ind.fitness.values[0] < PENALTY]
@@ -255,10 +359,14 @@ class Search:
         version, internal, gauss = self.state.rng
         random.setstate((version, tuple(internal), gauss))
         self.population = [self._with_fitness(n, f) for n, f in self.state.population]
+        hits = self.state.feature_cache_hits
         for ind in self.population:
-            self.ratios_of(ind)  # re-tags the allocation key; features come from the checkpoint
+            self.allocation_of(ind)  # re-tags the allocation key; features come from the checkpoint
+        self.state.feature_cache_hits = hits  # re-tagging is bookkeeping, not search work
         self.hof = tools.HallOfFame(self.config.hall_of_fame)
-        self.hof.update([self._with_fitness(n, f) for n, f in self.state.hall_of_fame])
+        # Inserted worst first: DEAP puts a newcomer before its equals, so ties keep their saved order.
+        for names, value in reversed(self.state.hall_of_fame):
+            self.hof.insert(self._with_fitness(names, value))
 
     def _with_fitness(self, names, value):
         ind = self.individual(names)
@@ -289,7 +397,7 @@ class Search:
             bar.set_postfix(best=f"{last['best']:.3f}")
             log(f"gen {self.state.generation:3d}  best {last['best']:.4f}  median {last['median']:.4f}  "
                 f"evaluations {self.state.evaluations}  cache hits {self.state.cache_hits}  "
-                f"features {len(self.memo.values)}  {time.perf_counter() - tic:.1f}s")
+                f"features {len(self.state.features)}  {time.perf_counter() - tic:.1f}s")
 
     def best(self):
         return self.hof[0]

@@ -25,16 +25,58 @@ def score(window_losses: Sequence[float], tokens_per_window: int, objective: str
 class PoolEvaluator:
     """Fitness through a worker pool: only ratio vectors go out and per-window losses come back.
 
-    The pool runs a batch on its workers in parallel (or in this process).
+    Each job goes to a worker holding its model (`group`; None: the pool's only model). The pool
+    runs a batch on its workers in parallel (or in this process).
     """
 
-    def __init__(self, pool, tokens_per_window: int, objective: str):
+    def __init__(self, pool, tokens_per_window: int | dict[str, int], objective: str):
         self.pool = pool
         self.tokens_per_window = tokens_per_window
         self.objective = objective
 
-    def losses_many(self, jobs: list[tuple[list[float], list[int]]], desc: str | None = None) -> list[list[float]]:
-        return self.pool.map("losses", jobs, desc)
+    def losses_many(self, jobs: list[tuple], desc: str | None = None, group: str | None = None) -> list[list[float]]:
+        """Per-window losses of each (ratios, window indices) job, on the workers holding `group`."""
+        return self.pool.map_routed("losses", [(group or self.pool.groups[0], job) for job in jobs], desc)
 
-    def score(self, window_losses: Sequence[float]) -> float:
-        return score(window_losses, self.tokens_per_window, self.objective)
+    def score(self, window_losses: Sequence[float], group: str | None = None) -> float:
+        tokens = self.tokens_per_window
+        if isinstance(tokens, dict):
+            tokens = tokens[group or self.pool.groups[0]]
+        return score(window_losses, tokens, self.objective)
+
+
+class FitnessCache:
+    """Fitness of allocations on their first `count` windows, evaluated as one batch.
+
+    Only windows not cached yet are evaluated (per-window losses live in `state.losses`, keyed
+    by the rounded ratio vector, after `namespace`: the model and sparsity in a multi-model
+    search, nothing in a single-model one); an allocation requested twice, or already known, is
+    a cache hit. Shared by the function search and the per-block search; counters go to `state`.
+    """
+
+    def __init__(self, state, evaluator, namespace: str = "", group: str | None = None):
+        self.state = state
+        self.evaluator = evaluator
+        self.namespace = namespace
+        self.group = group
+
+    def key(self, ratios) -> str:
+        return self.namespace + ratio_key(ratios)
+
+    def __call__(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
+        jobs = {}
+        for ratios in allocations:
+            key = self.key(ratios)
+            known = self.state.losses.setdefault(key, {})
+            missing = [i for i in range(count) if str(i) not in known]
+            if missing and key not in jobs:
+                jobs[key] = (ratios, missing)
+            else:
+                self.state.cache_hits += 1
+        results = self.evaluator.losses_many(list(jobs.values()), desc, self.group) if jobs else []
+        for (key, (_, missing)), losses in zip(jobs.items(), results):
+            self.state.losses[key].update({str(i): loss for i, loss in zip(missing, losses)})
+            self.state.evaluations += 1
+            self.state.windows_evaluated += len(missing)
+        return [self.evaluator.score([self.state.losses[self.key(r)][str(i)] for i in range(count)], self.group)
+                for r in allocations]

@@ -39,35 +39,82 @@ def _plots(out: Path, history: list[dict], baseline_val: dict[str, float], alloc
     plt.close(fig)
 
 
-def write_report(out: Path, function: dict, allocations: dict[str, list[float]], val: dict[str, float],
-                 test: dict[str, dict[str, float]], history: list[dict], counters: dict, config: dict,
-                 label: str) -> dict:
-    """`allocations`, `val` and `test` are keyed by 'best' and each baseline name."""
+def write_report(out: Path, function: dict | None, tables: dict[str, dict], history: list[dict], counters: dict,
+                 config: dict, label: str) -> dict:
+    """`tables`: per target ('model@sparsity'), the best and each baseline's ratios, block metric,
+    validation fitness (search's form; None on held-out models) and final-pruner perplexities.
+
+    `function` is None for a per-block search: its result is the ratio vector itself.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "best.json", json.dumps(function, indent=2))
-    atomic_write_text(out / "formula.txt", describe(function) + "\n")
+    formula = describe(function) if function is not None else "per-block ratios (no function): see ratios.csv"
+    if function is not None:
+        atomic_write_text(out / "best.json", json.dumps(function, indent=2))
+    atomic_write_text(out / "formula.txt", formula + "\n")
+    first_name, first = next(iter(tables.items()))
+    allocations = {name: entry["ratios"] for name, entry in first["allocations"].items()}
     with open(out / "ratios.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["block", *allocations])
-        for i, row in enumerate(zip(*allocations.values())):
-            writer.writerow([i, *(f"{r:.6f}" for r in row)])
-    baselines = {n: {"val_ppl": val[n], "test_ppl": test[n], "ratios": allocations[n]} for n in allocations if n != "best"}
-    report = {"best": {"function": function, "ratios": allocations["best"], "val_ppl": val["best"],
-                       "test_ppl": test["best"]},
-              "baselines": baselines, **counters, "config": config}
+        writer.writerow(["target", "block", *allocations])
+        for target, table in tables.items():
+            columns = [entry["ratios"] for entry in table["allocations"].values()]
+            for i, row in enumerate(zip(*columns)):
+                writer.writerow([target, i, *(f"{r:.6f}" for r in row)])
+
+    def summary(entry):  # back-compatible view: validation fitness and final-pruner test perplexities
+        return {"ratios": entry["ratios"], "block_metric": entry["block_metric"], "val_ppl": entry["val_fitness"],
+                "test_ppl": {t: v for t, v in entry["final"].items() if t in config["report_texts"]},
+                "final_val_ppl": entry["final"].get(config["fitness_text"])}
+
+    report = {"best": {"function": function, **summary(first["allocations"]["best"])},
+              "baselines": {n: summary(e) for n, e in first["allocations"].items() if n != "best"},
+              "targets": tables, "transfer": transfer_rows(tables, config), **counters, "config": config}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    texts = list(test["best"])
-    lines = [f"# Search result ({label})", "", "```", describe(function), "```", "",
-             f"| allocation | validation | {' | '.join(texts)} |", "|---|---|" + "---|" * len(texts)]
-    for name in allocations:
-        lines.append(f"| {name} | {val[name]:.3f} | " + " | ".join(f"{test[name][t]:.3f}" for t in texts) + " |")
-    best_base = min((n for n in allocations if n != "best"), key=lambda n: test[n][texts[0]])
-    gain = 100 * (1 - test["best"][texts[0]] / test[best_base][texts[0]])
-    lines += ["", f"On {texts[0]} the best function is {gain:.1f}% lower in perplexity than the best baseline "
-                  f"({best_base})." if gain > 0 else
-              f"On {texts[0]} the best function is {-gain:.1f}% higher in perplexity than the best baseline ({best_base}).",
-              "", f"evaluations {counters['evaluations']}, cache hits {counters['cache_hits']}, feature cache hits "
-              f"{counters['feature_cache_hits']}, wall {counters['wall_s']:.0f} s", ""]
-    atomic_write_text(out / "report.md", "\n".join(lines))
-    _plots(out, history, {n: val[n] for n in allocations if n != "best" and math.isfinite(val[n])}, allocations, label)
+    atomic_write_text(out / "report.md", "\n".join(_markdown(formula, tables, counters, config, label)))
+    val = {n: e["val_fitness"] for n, e in first["allocations"].items() if n != "best"}
+    _plots(out, history, {n: v for n, v in val.items() if v is not None and math.isfinite(v)}, allocations, label)
     return report
+
+
+def transfer_rows(tables: dict[str, dict], config: dict) -> list[dict]:
+    """Rows = targets (trained or held-out), columns = allocations: the final pruner's perplexity
+    on the first report text."""
+    text = config["report_texts"][0]
+    return [{"target": name, "trained": table["trained"],
+             **{alloc: entry["final"][text] for alloc, entry in table["allocations"].items()}}
+            for name, table in tables.items()]
+
+
+def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: str) -> list[str]:
+    pruner = config["final_pruner"]
+    texts = [config["fitness_text"], *config["report_texts"]]
+    lines = [f"# Search result ({label})", "", "```", formula, "```", ""]
+    for name, table in tables.items():
+        kind = "trained" if table["trained"] else "held-out"
+        lines += [f"## {name} ({kind})", "",
+                  f"validation fitness = the search's form (cached Wanda, {config['search']['fitness_windows']} "
+                  f"windows); other columns = {pruner} (sequential), {config['report_windows']} windows.", "",
+                  "| allocation | validation fitness | " + " | ".join(f"{t} ({pruner})" for t in texts) + " |",
+                  "|---|---|" + "---|" * len(texts)]
+        for alloc, entry in table["allocations"].items():
+            fitness = "-" if entry["val_fitness"] is None else f"{entry['val_fitness']:.3f}"
+            lines.append(f"| {alloc} | {fitness} | " + " | ".join(f"{entry['final'][t]:.3f}" for t in texts) + " |")
+        best_text = config["report_texts"][0]
+        baselines = {a: e["final"][best_text] for a, e in table["allocations"].items() if a != "best"}
+        strongest = min(baselines, key=baselines.get)
+        gain = 100 * (1 - table["allocations"]["best"]["final"][best_text] / baselines[strongest])
+        relation = (f"{abs(gain):.1f}% {'lower' if gain > 0 else 'higher'} in perplexity than" if abs(gain) >= 0.05
+                    else "as good as")
+        lines += ["", f"On {best_text} with {pruner}, the best allocation is {relation} the strongest baseline "
+                      f"({strongest})."]
+        atp = table.get("atp")
+        if atp:
+            lines.append(f"ATP's step {atp['step']:.5f} (lambda {atp['lambda']}) chosen on {atp['chosen_on']}.")
+        forms = table.get("forms", {})
+        if forms.get("count", 0) >= 2:
+            lines.append(f"Search's form vs {pruner}: Spearman {forms['spearman']:.2f} over the final population's "
+                         f"{forms['count']} best distinct allocations.")
+        lines.append("")
+    lines += [f"evaluations {counters['evaluations']}, cache hits {counters['cache_hits']}, feature cache hits "
+              f"{counters['feature_cache_hits']}, wall {counters['wall_s']:.0f} s", ""]
+    return lines

@@ -1,25 +1,34 @@
-"""One search from start to report: workers (the model) -> evolution (the driver) -> test-split report.
+"""One search from start to report: workers (the models) -> evolution (the driver) -> report.
 
-Selection only ever sees the fitness (validation) windows; the report texts (test splits) are read
-after the loop has finished.
+Selection only ever sees the fitness (validation) windows of the training models; the report
+texts (test splits) and the held-out models are read after the loop has finished. The report
+gives the search's own form (validation fitness, cached Wanda) and the final pruner's truth
+(sequential Wanda by default) for the best and every baseline, and how far the two agree.
 """
 from __future__ import annotations
 
+import dataclasses
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from dsa.allocation.baselines import atp_grid
+from dsa.allocation.constants import ATP_LAMBDAS, alpha_eps_for
 from dsa.distributed.pool import open_pool
 from dsa.functions.files import from_root
+from dsa.functions.pipeline import FeatureMemo, allocation_ratios, block_values
 from evaluators.workbench import BenchConfig, Workbench
 
-from .evolution import Search, SearchConfig, SearchState
-from .fitness import PoolEvaluator
+from . import checkpoint
+from .evolution import Search, SearchConfig, SearchState, Target
+from .fitness import PoolEvaluator, ratio_key
+from .perblock import PerBlockSearch
 from .report import write_report
 
-REPORT_BASELINES = ("uniform", "owl", "alphapruning")
+REPORT_BASELINES = ("uniform", "owl", "alphapruning", "dsa-published", "dlp", "atp")
 
 
 @dataclass(frozen=True)
@@ -33,37 +42,183 @@ class RunConfig:
     checkpoint_dir: str = "checkpoints"
     bench: BenchConfig = field(default_factory=BenchConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    models: tuple = ()          # a multi-model search's models; empty: bench.model alone
+    holdout: tuple = ()         # models replayed after the search only, never read during selection
+    final_pruner: str = "wanda"  # the report's truth: sequential Wanda, as the papers prune
+    rank_check: int = 4         # distinct final-population allocations re-measured with the final pruner
+    report_baselines: tuple = REPORT_BASELINES  # the baselines the report prunes beside the best
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        return cls(**{**data, "report_texts": tuple(data["report_texts"]),
-                      "bench": BenchConfig(**data["bench"]), "search": SearchConfig(**data["search"])})
+        tuples = {k: tuple(data.get(k, ())) for k in ("report_texts", "models", "holdout")}
+        tuples["report_baselines"] = tuple(data.get("report_baselines", REPORT_BASELINES))
+        search = {**data["search"], "sparsities": tuple(data["search"].get("sparsities", ()))}
+        return cls(**{**data, **tuples, "bench": BenchConfig(**data["bench"]), "search": SearchConfig(**search)})
+
+    def model_names(self) -> tuple:
+        return self.models or (self.bench.model,)
+
+    def sparsities(self) -> tuple:
+        return self.search.sparsities or (self.search.sparsity,)
+
+    def worker_args(self, models) -> dict[str, tuple]:
+        """Worker arguments per model: the same data and settings, that model."""
+        return {m: (dataclasses.replace(self.bench, model=m), self.fitness_text, self.search.fitness_windows,
+                    self.objective) for m in models}
 
 
-def make_search(pool, config: RunConfig, state: SearchState | None = None) -> Search:
-    info = pool.call("info")
-    evaluator = PoolEvaluator(pool, info["tokens_per_window"], config.objective)
-    features = lambda node: pool.call("features", node)  # noqa: E731 - computed where the model is
-    return Search(config.search, torch.tensor(info["sizes"], dtype=torch.float64), features, evaluator, state,
-                  Path(config.checkpoint_dir) / config.name, extra={"run": config.as_dict()})
+def make_search(pool, config: RunConfig, state: SearchState | None = None) -> Search | PerBlockSearch:
+    where = Path(config.checkpoint_dir) / config.name
+    infos = {m: pool.call("info", group=m) for m in config.model_names()}
+    evaluator = PoolEvaluator(pool, {m: info["tokens_per_window"] for m, info in infos.items()}, config.objective)
+    if config.search.mode == "per-block":
+        model = config.model_names()[0]
+        return PerBlockSearch(config.search, torch.tensor(infos[model]["sizes"], dtype=torch.float64), evaluator,
+                              state, where, extra={"run": config.as_dict()})
+    single = len(infos) == 1 and len(config.sparsities()) == 1
+    targets = [Target(m, s, torch.tensor(info["sizes"], dtype=torch.float64), _remote_features(pool, m),
+                      "" if single else f"{m}@{s:g}|")
+               for m, info in infos.items() for s in config.sparsities()]
+    return Search(config.search, None, None, evaluator, state, where, extra={"run": config.as_dict()}, targets=targets,
+                  seed_eps=alpha_eps_for(config.bench.metric))
 
 
-def finish(search: Search, pool, config: RunConfig) -> dict:
-    """Evaluate the best function and the baselines on validation and test; write results/<name>/."""
-    best = search.best()
-    allocations = {"best": search.ratios_of(best)}
-    for name in REPORT_BASELINES:
-        allocations[name] = pool.call("baseline_ratios", name, config.search.sparsity)
-    if config.objective == "ppl":  # the fitness itself, cached for the best and the seeds
-        val = dict(zip(allocations, search.fitness(list(allocations.values()), config.search.fitness_windows)))
+def _remote_features(pool, model: str):
+    return lambda node: pool.call("features", node, group=model)  # computed where the model is
+
+
+def target_report(search, pool, config: RunConfig, index: int, best) -> dict:
+    """Best and baselines on one trained target: ratios, block metric, validation in the search's
+    form (the fitness, cached), and every text with the final pruner."""
+    target = search.targets[index]
+    model, sparsity = target.group or config.model_names()[0], target.sparsity
+    if isinstance(search, PerBlockSearch):
+        allocations = {"best": (search.ratios_of(best), None)}
     else:
-        val = dict(zip(allocations, pool.map("validation_ppl", [(r,) for r in allocations.values()])))
-    # The test texts are read here, after selection has ended, and nowhere else.
-    jobs = [(ratios, list(config.report_texts), config.report_windows) for ratios in allocations.values()]
-    test = dict(zip(allocations, pool.map("perplexities", jobs, "test perplexity")))
+        allocations = {"best": (search.ratios_of(best, index), search.importance_of(best, index))}
+    atp = choose_atp_step(search, pool, index, len(target.sizes), sparsity, config.search.fitness_windows)
+    for name in config.report_baselines:
+        allocations[name] = tuple(pool.call("baseline", name, sparsity, atp["step"], group=model))
+    ratios = [r for r, _ in allocations.values()]
+    if config.objective == "ppl":  # the fitness itself, cached for the best and the seeds
+        val = search.fitness(ratios, config.search.fitness_windows, target=index)
+    else:
+        val = pool.map("validation_ppl", [(r,) for r in ratios], group=model)
+    final = final_perplexities(pool, config, model, ratios)
+    entries = {name: {"ratios": r, "block_metric": m, "val_fitness": v, "final": f}
+               for (name, (r, m)), v, f in zip(allocations.items(), val, final)}
+    return {"model": model, "sparsity": sparsity, "trained": True, "allocations": entries, "atp": atp,
+            "forms": forms_agreement(search, pool, config, index)}
+
+
+def final_perplexities(pool, config: RunConfig, model: str, ratios: list) -> list[dict]:
+    """Every report text (and the fitness text, more windows) after pruning with the final pruner.
+
+    The test texts are read here, after selection has ended, and nowhere else."""
+    texts = [config.fitness_text, *config.report_texts]
+    jobs = [(r, config.final_pruner, texts, config.report_windows) for r in ratios]
+    return pool.map("final_perplexities", jobs, f"{config.final_pruner} on {model}", group=model)
+
+
+def forms_agreement(search, pool, config: RunConfig, index: int) -> dict:
+    """Spearman rank correlation between the search's fitness (cached form) and the final pruner's
+    validation perplexity over the final population's best distinct allocations."""
+    if isinstance(search, PerBlockSearch) or config.rank_check < 2:
+        return {"count": 0}
+    target = search.targets[index]
+    seen, ratios = set(), []
+    for ind in sorted(search.population, key=lambda i: i.fitness.values[0]):
+        allocation = search.ratios_of(ind, index)
+        if allocation is not None and ratio_key(allocation) not in seen:
+            seen.add(ratio_key(allocation))
+            ratios.append(allocation)
+    ratios = ratios[:config.rank_check]
+    if len(ratios) < 2:
+        return {"count": len(ratios)}
+    cached = search.fitness(ratios, config.search.fitness_windows, target=index)
+    jobs = [(r, config.final_pruner, [config.fitness_text], config.report_windows) for r in ratios]
+    final = [row[config.fitness_text] for row in pool.map("final_perplexities", jobs, "forms",
+                                                          group=target.group or config.model_names()[0])]
+    return {"count": len(ratios), "spearman": spearman(cached, final), "cached_fitness": cached,
+            "final_validation": final}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        for rank, index in enumerate(order):
+            out[index] = float(rank)
+        return out
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
+
+
+def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
+    """The best function and every baseline replayed on models the search never saw, final pruner only."""
+    if not config.holdout:
+        return {}
+    pool = open_pool(config.worker_args(config.holdout), workers, address, config.bench.device)
+    try:
+        out = {}
+        for model in config.holdout:
+            info = pool.call("info", group=model)
+            sizes = torch.tensor(info["sizes"], dtype=torch.float64)
+            for sparsity in config.sparsities():
+                memo = FeatureMemo(_remote_features(pool, model))
+                root = search.root(best)
+                allocations = {"best": (allocation_ratios(root, memo, sizes, sparsity).tolist(),
+                                        block_values(root.children[0], memo).tolist())}
+                atp = atp_from_training(search, sparsity, len(sizes))
+                for name in config.report_baselines:
+                    allocations[name] = tuple(pool.call("baseline", name, sparsity, atp["step"], group=model))
+                final = final_perplexities(pool, config, model, [r for r, _ in allocations.values()])
+                entries = {name: {"ratios": r, "block_metric": m, "val_fitness": None, "final": f}
+                           for (name, (r, m)), f in zip(allocations.items(), final)}
+                out[f"{model}@{sparsity:g}"] = {"model": model, "sparsity": sparsity, "trained": False,
+                                                "allocations": entries, "atp": atp}
+        return out
+    finally:
+        pool.close()
+
+
+def atp_from_training(search, sparsity: float, n_blocks: int) -> dict:
+    """ATP on a held-out model: the spread (lambda) chosen on the training models' validation,
+    as a replayed function would get it; its step follows from the held-out model's depth."""
+    chosen = [t for t in getattr(search, "atp_choices", {}).values() if t["sparsity"] == sparsity]
+    lam = statistics.mode([c["lambda"] for c in chosen]) if chosen else ATP_LAMBDAS[0]
+    legal = [step for lam_, step in atp_grid(n_blocks, sparsity, ATP_LAMBDAS) if lam_ == lam]
+    return {"lambda": lam, "step": legal[0] if legal else 0.0, "chosen_on": "training models"}
+
+
+def choose_atp_step(search, pool, index: int, n_blocks: int, sparsity: float, windows: int) -> dict:
+    """ATP's common difference: the grid point with the best validation fitness (cached for the
+    search's ATP seeds). Returns the grid, every point's fitness and the choice."""
+    group = search.targets[index].group
+    grid = atp_grid(n_blocks, sparsity, ATP_LAMBDAS)
+    ratios = [pool.call("baseline", "atp", sparsity, step, group=group)[0] for _, step in grid]
+    values = search.fitness(ratios, windows, "ATP grid", index)
+    best = min(range(len(grid)), key=values.__getitem__)
+    choice = {"grid": [{"lambda": lam, "step": step, "validation": value} for (lam, step), value in zip(grid, values)],
+              "lambda": grid[best][0], "step": grid[best][1], "sparsity": sparsity, "chosen_on": "validation"}
+    search.atp_choices = {**getattr(search, "atp_choices", {}), index: choice}
+    return choice
+
+
+def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
+    """Evaluate the best and the baselines on every target, and on the held-out models; write results/<name>/."""
+    best = search.best()
+    tables = {}
+    for index in range(len(search.targets)):
+        table = target_report(search, pool, config, index, best)
+        tables[f"{table['model']}@{table['sparsity']:g}"] = table
+    per_block = config.search.mode == "per-block"
+    if not per_block:
+        tables.update(holdout_report(search, config, best, workers, address))
     state = search.state
     counters = {"evaluations": state.evaluations, "windows_evaluated": state.windows_evaluated,
                 "cache_hits": state.cache_hits, "feature_cache_hits": state.feature_cache_hits,
@@ -71,28 +226,31 @@ def finish(search: Search, pool, config: RunConfig) -> dict:
                 "generations": state.generation, "wall_s": round(state.wall_s, 1), "history": state.history,
                 "workers": {"kind": type(pool).__name__, "count": pool.size,
                             "startup_s": round(getattr(pool, "startup_s", 0.0), 1)}}
-    label = "random search" if config.search.random_search else "evolution"
-    return write_report(Path(config.results_dir) / config.name, from_root(search.root(best)), allocations, val, test,
-                        state.history, counters, config.as_dict(), label)
+    label = "per-block search" if per_block else "random search" if config.search.random_search else "evolution"
+    function = None if per_block else from_root(search.root(best))
+    return write_report(Path(config.results_dir) / config.name, function, tables, state.history, counters,
+                        config.as_dict(), label)
 
 
 def run(config: RunConfig, state: SearchState | None = None, bench: Workbench | None = None,
         stop_after: int | None = None, workers: int | None = 0, address: str | None = None) -> dict | None:
     """Run or resume a search; returns the report, or None when stopped early by `stop_after`.
 
-    A loaded `bench`, or `workers=0`, evaluates in this process; otherwise `workers` Ray actors
-    (None: one per GPU, else one using every CPU core); `address` joins a cluster.
+    A loaded `bench` (of the first model), or `workers=0`, evaluates in this process; otherwise
+    `workers` Ray actors per model (None: one per GPU, else one per model sharing the CPU cores);
+    `address` joins a cluster.
     """
     start = time.perf_counter()
-    worker_args = (config.bench, config.fitness_text, config.search.fitness_windows, config.objective)
-    pool = open_pool(worker_args, workers, address, config.bench.device, bench)
-    try:
-        search = make_search(pool, config, state)
-        search.run(stop_after=stop_after)
-        if search.state.generation < config.search.generations:
-            return None
-        report = finish(search, pool, config)
-    finally:
-        pool.close()
+    benches = {config.model_names()[0]: bench} if bench is not None else None
+    with checkpoint.exclusive(Path(config.checkpoint_dir) / config.name):
+        pool = open_pool(config.worker_args(config.model_names()), workers, address, config.bench.device, benches)
+        try:
+            search = make_search(pool, config, state)
+            search.run(stop_after=stop_after)
+            if search.state.generation < config.search.generations:
+                return None
+            report = finish(search, pool, config, 0 if bench is not None else workers, address)
+        finally:
+            pool.close()
     report["total_wall_s"] = round(time.perf_counter() - start, 1)
     return report

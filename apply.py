@@ -43,7 +43,7 @@ def _sparsity(text: str) -> float:
 def _common(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig()
     parser.add_argument("--model", default="smollm2-135m",
-                        help="built-in alias (smollm2-135m, gemma3-270m), hub id, HF directory or .gguf file (default: %(default)s)")
+                        help="built-in alias (smollm2-135m, gemma3-270m, qwen2.5-0.5b), hub id, HF directory or .gguf file (default: %(default)s)")
     parser.add_argument("--pruner", choices=PRUNERS, default="wanda", help="final pruner (default: %(default)s)")
     parser.add_argument("--structure", default=None, help="N:M pattern such as 2:4 (default: unstructured)")
     parser.add_argument("--wanda-form", choices=WANDA_FORMS, default="sequential",
@@ -139,6 +139,14 @@ def _check_before_loading(args):
         check_output_file(args.export_llmcompressor, "--export-llmcompressor")
     if args.json:
         check_output_file(args.json, "--json")
+    if args.finetune_lora:
+        if args.finetune_lora < 0 or min(args.lora_windows, args.lora_rank, args.lora_batch_size) < 1 \
+                or not (math.isfinite(args.lora_lr) and args.lora_lr > 0):
+            raise UserError("--finetune-lora, --lora-windows, --lora-rank and --lora-batch-size must be >= 1, --lora-lr > 0")
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise UserError("--finetune-lora needs peft: pip install -e \".[lora]\"")
     if not args.eval_zero_shot:
         if args.tasks_dir or args.zero_shot_limit:
             raise UserError("--tasks-dir and --zero-shot-limit go with --eval-zero-shot")
@@ -166,6 +174,29 @@ def _zero_shot_lines(results: dict[str, dict], label: str) -> list[str]:
     return lines
 
 
+def _finetune(args, session: EvaluationSession, label: str) -> dict:
+    """LoRA on the pruned model in place (merged, zeros re-applied), then the same texts again."""
+    from evaluators.lora import finetune_lora
+
+    loaded = session.bench.loaded
+    zeros_before = sum(int((layer.weight == 0).sum()) for b in loaded.blocks for layer in b.linears.values())
+    windows = session.bench.windows(args.lora_text, args.lora_windows)
+    directory = args.lora_checkpoint or (Path("checkpoints") / f"lora-{Path(args.model).name}-{label}-{args.sparsity:g}")
+    stats = finetune_lora(loaded.model, windows, args.finetune_lora, rank=args.lora_rank, lr=args.lora_lr,
+                          batch_size=args.lora_batch_size, checkpoint_dir=directory)
+    session.bench.pruner.mark_modified()  # weights changed outside the pruner
+    zeros_after = sum(int((layer.weight == 0).sum()) for b in loaded.blocks for layer in b.linears.values())
+    if zeros_after < zeros_before:
+        raise RuntimeError(f"LoRA lost zeros: {zeros_before} before, {zeros_after} after")
+    ppl = session.perplexities(args.eval, args.eval_windows, f"{label}+lora")
+    for text in args.eval:
+        print(f"{text}: after LoRA ({stats['steps']} steps on {args.lora_text}) {ppl[text]:.3f}")
+    return {"ppl": ppl, "zeros_before": zeros_before, "zeros_after": zeros_after, "text": args.lora_text,
+            "windows": args.lora_windows, "checkpoint_dir": str(directory),
+            **{k: stats[k] for k in ("steps", "resumed_from", "losses", "seconds_per_step", "trainable_params",
+                                     "delta_removed_fraction")}}
+
+
 def run(args) -> dict:
     nm = parse_structure(args.structure)
     function, zero_shot = _check_before_loading(args)
@@ -184,6 +215,7 @@ def run(args) -> dict:
             uniform_ratios, _ = baseline_ratios("uniform", bench, args.sparsity, _options(args))
             uniform = _prune_and_measure(session, args, uniform_ratios, nm, "uniform", zero_shot)
     result = _prune_and_measure(session, args, ratios, nm, label, zero_shot)  # the model stays in this state
+    lora = _finetune(args, session, label) if args.finetune_lora else None
     report = {
         "model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
         "structure": args.structure or "unstructured", "allocation": label, "function": function,
@@ -193,6 +225,7 @@ def run(args) -> dict:
         "uniform": {k: uniform[k] for k in ("achieved_sparsity", "ratios")} if uniform else None,
         "zero_shot": result.get("zero_shot"),
         "uniform_zero_shot": uniform.get("zero_shot") if uniform else None,
+        "lora": lora,
         "config": bench.config.as_dict() | {"eval_windows": args.eval_windows},
     }
     for text in args.eval:
@@ -303,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-zero-shot", nargs="+", default=None, metavar="TASKS",
                        help="lm-eval tasks (names or comma lists; 'standard' = boolq rte hellaswag winogrande "
                             "arc_easy arc_challenge openbookqa) for zero-shot accuracy")
+    prune.add_argument("--finetune-lora", type=int, default=0, metavar="STEPS",
+                       help="after pruning, train LoRA adapters for STEPS steps on --lora-text (pruned weights "
+                            "frozen), merge them and re-apply the zeros; checkpointed, an interrupted run resumes")
+    prune.add_argument("--lora-text", default="c4/train", help="fine-tuning text (default: %(default)s)")
+    prune.add_argument("--lora-windows", type=int, default=64, help="fine-tuning windows (default: %(default)s)")
+    prune.add_argument("--lora-rank", type=int, default=8, help="(default: %(default)s)")
+    prune.add_argument("--lora-lr", type=float, default=1e-4, help="(default: %(default)s)")
+    prune.add_argument("--lora-batch-size", type=int, default=2, help="(default: %(default)s)")
+    prune.add_argument("--lora-checkpoint", default=None, metavar="DIR",
+                       help="fine-tuning checkpoints (default: checkpoints/lora-MODEL-ALLOCATION-SPARSITY)")
     prune.add_argument("--tasks-dir", action="append", default=None, metavar="DIR",
                        help="a directory of local lm-eval task YAMLs (repeatable)")
     prune.add_argument("--zero-shot-limit", type=int, default=None, metavar="N",

@@ -66,7 +66,7 @@ def _run_block(module, hidden, call):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _prune_rows_wanda(weight: torch.Tensor, sq: torch.Tensor, ratio: float, nm) -> None:
+def wanda_prune_rows(weight: torch.Tensor, sq: torch.Tensor, ratio: float, nm) -> None:
     scores = score_matrix(weight, sq.sqrt(), "wanda")
     if nm:
         weight.mul_(nm_keep_mask(scores, *nm))
@@ -76,7 +76,7 @@ def _prune_rows_wanda(weight: torch.Tensor, sq: torch.Tensor, ratio: float, nm) 
         weight.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :count], 0.0)
 
 
-def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, ratio: float, nm,
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, ratio: float, nm,
                blocksize: int = SPARSEGPT_BLOCK_SIZE, damp: float = SPARSEGPT_DAMPING) -> None:
     """SparseGPT (Frantar & Alistarh 2023): OBS pruning column block by column block with updates."""
     W = weight.detach().float().clone()
@@ -137,9 +137,9 @@ def sequential_prune(loaded: LoadedModel, windows: torch.Tensor, ratios: Sequenc
         ratio = float(ratios[block.index])
         for name, layer in block.linears.items():
             if method == "wanda":
-                _prune_rows_wanda(layer.weight, stats[name].sq, ratio, nm)
+                wanda_prune_rows(layer.weight, stats[name].sq, ratio, nm)
             elif method == "sparsegpt":
-                _sparsegpt(layer.weight, stats[name].hessian, ratio, nm)
+                sparsegpt_prune(layer.weight, stats[name].hessian, ratio, nm)
             else:
                 layer.weight.copy_(alps_prune(layer.weight, stats[name].hessian, ratio, nm))
         hidden = [_run_block(module, h, batch[block.index]) for h, batch in zip(hidden, batches)]

@@ -24,7 +24,7 @@ import sympy
 import torch
 
 from dsa.allocation.constants import OWL_M
-from dsa.allocation.metrics import (NAN, as_matrix, block_alpha, chunks, element_count, element_mean, element_sum,
+from dsa.allocation.metrics import (NAN, block_alpha, chunks, element_count, element_mean, element_sum,
                                     mean_over, outlier_fraction)
 
 from .op import Op, registry

@@ -9,7 +9,7 @@ import torch
 
 from evaluators.alps import alps_prune
 from evaluators.capture import StopForward
-from evaluators.sequential import _sparsegpt
+from evaluators.sequential import sparsegpt_prune
 
 BLOCK, LAYER = 3, "self_attn.k_proj"
 
@@ -58,7 +58,7 @@ def wanda(W, X, ratio, nm=None):
 
 def sparsegpt(W, H, ratio, nm=None):
     out = W.clone()
-    _sparsegpt(out, H, ratio, nm)  # works in place
+    sparsegpt_prune(out, H, ratio, nm)  # works in place
     return out
 
 

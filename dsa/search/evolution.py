@@ -13,7 +13,7 @@ import random
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 from deap import base, creator, gp, tools
@@ -349,15 +349,10 @@ class Search:
     def save(self) -> None:
         self.state.population = [[names_of(i), i.fitness.values[0]] for i in self.population]
         self.state.hall_of_fame = [[names_of(i), i.fitness.values[0]] for i in self.hof]
-        state = random.getstate()
-        self.state.rng = [state[0], list(state[1]), state[2]]
-        if self.checkpoint_dir is not None:
-            checkpoint.save(self.checkpoint_dir, {"config": asdict(self.config), "state": asdict(self.state),
-                                                  **self.extra})
+        checkpoint.save_search(self.checkpoint_dir, self.config, self.state, self.extra)
 
     def restore(self) -> None:
-        version, internal, gauss = self.state.rng
-        random.setstate((version, tuple(internal), gauss))
+        checkpoint.restore_rng(self.state.rng)
         self.population = [self._with_fitness(n, f) for n, f in self.state.population]
         hits = self.state.feature_cache_hits
         for ind in self.population:
@@ -375,29 +370,35 @@ class Search:
 
     def run(self, stop_after: int | None = None, log: Callable[[str], None] = tqdm.write) -> None:
         """Run (or continue) to `generations`; `stop_after` ends early, as a kill would."""
-        start = time.perf_counter()
-        if self.state.rng is None:
-            self.initialise()
-            self.state.wall_s += time.perf_counter() - start
-            self.save()
-        else:
-            self.restore()
-        label = "random search" if self.config.random_search else "evolution"
-        bar = tqdm(range(self.state.generation, self.config.generations), desc=label, initial=self.state.generation,
-                   total=self.config.generations)
-        for _ in bar:
-            if stop_after is not None and self.state.generation >= stop_after:
-                break
-            tic = time.perf_counter()
-            self.state.generation += 1
-            self.generation()
-            self.state.wall_s += time.perf_counter() - tic
-            self.save()
-            last = self.state.history[-1]
-            bar.set_postfix(best=f"{last['best']:.3f}")
-            log(f"gen {self.state.generation:3d}  best {last['best']:.4f}  median {last['median']:.4f}  "
-                f"evaluations {self.state.evaluations}  cache hits {self.state.cache_hits}  "
-                f"features {len(self.state.features)}  {time.perf_counter() - tic:.1f}s")
+        run_generations(self, "random search" if self.config.random_search else "evolution", stop_after, log,
+                        lambda: f"features {len(self.state.features)}")
 
     def best(self):
         return self.hof[0]
+
+
+def run_generations(search, label: str, stop_after: int | None, log: Callable[[str], None],
+                    detail: Callable[[], str] = lambda: "") -> None:
+    """The loop both searches share: initialise or restore, then a checkpoint after every generation."""
+    start = time.perf_counter()
+    if search.state.rng is None:
+        search.initialise()
+        search.state.wall_s += time.perf_counter() - start
+        search.save()
+    else:
+        search.restore()
+    bar = tqdm(range(search.state.generation, search.config.generations), desc=label,
+               initial=search.state.generation, total=search.config.generations)
+    for _ in bar:
+        if stop_after is not None and search.state.generation >= stop_after:
+            break
+        tic = time.perf_counter()
+        search.state.generation += 1
+        search.generation()
+        search.state.wall_s += time.perf_counter() - tic
+        search.save()
+        last = search.state.history[-1]
+        bar.set_postfix(best=f"{last['best']:.3f}")
+        log(f"gen {search.state.generation:3d}  best {last['best']:.4f}  median {last['median']:.4f}  "
+            f"evaluations {search.state.evaluations}  cache hits {search.state.cache_hits}  {detail()}  "
+            f"{time.perf_counter() - tic:.1f}s")

@@ -9,14 +9,12 @@
   `promote` on all `fitness_windows`; the parent (already complete) competes in that last step,
   so the best vector never gets worse (elitist).
 It shares the function search's fitness cache, checkpoint and report, so at an equal number of
-evaluations it shows how close a function comes to a per-model optimum (EvoPress, REFERENCE 6).
+evaluations it shows how close a function comes to a per-model optimum (EvoPress, Sieberling et al. 2024).
 """
 from __future__ import annotations
 
 import random
 import statistics
-import time
-from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -25,7 +23,7 @@ from tqdm.auto import tqdm
 from dsa.allocation.ratios import DEFAULT_MAX_RATIO, rebalance, weighted_mean
 
 from . import checkpoint
-from .evolution import SearchConfig, SearchState, Target
+from .evolution import SearchConfig, SearchState, Target, run_generations
 from .fitness import FitnessCache
 
 
@@ -107,40 +105,16 @@ class PerBlockSearch:
     def save(self) -> None:
         self.state.population = [[self.parent, self.parent_fitness]]
         self.state.hall_of_fame = [[self.parent, self.parent_fitness]]
-        state = random.getstate()
-        self.state.rng = [state[0], list(state[1]), state[2]]
-        if self.checkpoint_dir is not None:
-            checkpoint.save(self.checkpoint_dir, {"config": asdict(self.config), "state": asdict(self.state),
-                                                  **self.extra})
+        checkpoint.save_search(self.checkpoint_dir, self.config, self.state, self.extra)
 
     def restore(self) -> None:
-        version, internal, gauss = self.state.rng
-        random.setstate((version, tuple(internal), gauss))
+        checkpoint.restore_rng(self.state.rng)
         (self.parent, self.parent_fitness), = self.state.population
         self.parent = [int(level) for level in self.parent]
 
     def run(self, stop_after: int | None = None, log: Callable[[str], None] = tqdm.write) -> None:
-        start = time.perf_counter()
-        if self.state.rng is None:
-            self.initialise()
-            self.state.wall_s += time.perf_counter() - start
-            self.save()
-        else:
-            self.restore()
-        bar = tqdm(range(self.state.generation, self.config.generations), desc="per-block search",
-                   initial=self.state.generation, total=self.config.generations)
-        for _ in bar:
-            if stop_after is not None and self.state.generation >= stop_after:
-                break
-            tic = time.perf_counter()
-            self.state.generation += 1
-            self.generation()
-            self.state.wall_s += time.perf_counter() - tic
-            self.save()
-            bar.set_postfix(best=f"{self.parent_fitness:.3f}")
-            log(f"gen {self.state.generation:3d}  best {self.parent_fitness:.4f}  "
-                f"evaluations {self.state.evaluations}  cache hits {self.state.cache_hits}  "
-                f"{time.perf_counter() - tic:.1f}s")
+        """Run (or continue) to `generations`; `stop_after` ends early, as a kill would."""
+        run_generations(self, "per-block search", stop_after, log)
 
     def best(self) -> list[int]:
         return self.parent

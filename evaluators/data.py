@@ -68,7 +68,14 @@ def _online(source: str, split: str) -> str:
 def load_text(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_file():
-        return path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{name} is not UTF-8 text (byte {err.start}); give a plain text file")
+        if "\x00" in text:
+            raise UserError(f"{name} holds NUL bytes: a binary file, not text")
+        return text
     source, _, split = name.partition("/")
     if name in ("wiki/validation", "wiki/test"):
         return "\n\n".join(text for aid, text in wiki_articles() if wiki_split_of(aid) == split)

@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .calibration import input_norms, layer_key, row_orders
-from .scores import score_matrix
 from .data import token_windows
 from .errors import UserError
 from .models import load_model
 from .perplexity import perplexity, window_nll
 from .pruning import Pruner, block_sizes
+from .scores import score_matrix
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Workbench:
             raise UserError(f"unknown metric {config.metric!r}: use wanda or magnitude")
         self.config = config
         self.loaded = load_model(config.model, config.device, config.dtype)
+        context = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        if context and config.seqlen > context:
+            raise UserError(f"--seqlen {config.seqlen} is beyond {config.model}'s context of {context} tokens")
         self.calib = token_windows(self.loaded.tokenizer, config.calib_text, config.seqlen, config.calib_windows)
         self.norms = input_norms(self.loaded, self.calib, config.calib_text, config.batch_size)
         self.sizes = block_sizes(self.loaded)

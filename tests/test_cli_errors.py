@@ -133,3 +133,16 @@ def test_hall_of_fame_ties_come_back_in_order():
     search.restore()
     assert [entry[0] for entry in saved] == [[n.name for n in ind] for ind in search.hof]
     assert state.feature_cache_hits == 3  # re-tagging on resume is not counted as search work
+
+
+def test_binary_text_and_overlong_windows_refused(capsys, tmp_path):
+    binary = tmp_path / "calib.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(data.UserError, match="not UTF-8 text"):
+        data.load_text(str(binary))
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"text\x00more")
+    with pytest.raises(data.UserError, match="NUL bytes"):
+        data.load_text(str(nul))
+    code, line = run_cli(capsys, "--seqlen", "9000", "--calib-windows", "1")
+    assert code == 2 and "beyond smollm2-135m's context of 8192 tokens" in line

@@ -55,8 +55,12 @@ class InProcessPool:
                 bar.update()
         return results
 
+    def release(self) -> None:
+        """Free the workers (their models) before another pool needs the memory."""
+        self.workers = {}
+
     def close(self) -> None:
-        pass
+        self.release()
 
 
 class RayPool:
@@ -168,11 +172,18 @@ class RayPool:
             raise UserError(f"every worker holding {group} died; last error: {_one_line(err)}")
         tqdm.write(f"a worker died ({_one_line(err)}); its jobs go to the {len(actors)} left holding {group}")
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Stop the actors (and free their cores and GPUs for another pool); Ray keeps running."""
         import ray
 
         for actor in self.actors:
             ray.kill(actor)
+        self.by_group = {}
+
+    def close(self) -> None:
+        import ray
+
+        self.release()
         if self.started_ray:
             ray.shutdown()
 

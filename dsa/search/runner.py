@@ -212,20 +212,22 @@ def choose_atp_step(search, pool, index: int, n_blocks: int, sparsity: float, wi
 def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
     """Evaluate the best and the baselines on every target, and on the held-out models; write results/<name>/."""
     best = search.best()
+    workers_info = {"kind": type(pool).__name__, "count": pool.size,
+                    "startup_s": round(getattr(pool, "startup_s", 0.0), 1)}
     tables = {}
     for index in range(len(search.targets)):
         table = target_report(search, pool, config, index, best)
         tables[f"{table['model']}@{table['sparsity']:g}"] = table
     per_block = config.search.mode == "per-block"
-    if not per_block:
+    if not per_block and config.holdout:
+        pool.release()  # the held-out models take the training models' cores or GPUs
         tables.update(holdout_report(search, config, best, workers, address))
     state = search.state
     counters = {"evaluations": state.evaluations, "windows_evaluated": state.windows_evaluated,
                 "cache_hits": state.cache_hits, "feature_cache_hits": state.feature_cache_hits,
                 "invalid_functions": state.invalid, "distinct_features": len(state.features),
                 "generations": state.generation, "wall_s": round(state.wall_s, 1), "history": state.history,
-                "workers": {"kind": type(pool).__name__, "count": pool.size,
-                            "startup_s": round(getattr(pool, "startup_s", 0.0), 1)}}
+                "workers": workers_info}
     label = "per-block search" if per_block else "random search" if config.search.random_search else "evolution"
     function = None if per_block else from_root(search.root(best))
     return write_report(Path(config.results_dir) / config.name, function, tables, state.history, counters,

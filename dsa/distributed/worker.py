@@ -14,13 +14,13 @@ from dsa.allocation.allocate import BaselineOptions, baseline_ratios, block_alph
 from dsa.allocation.constants import alpha_eps_for
 from dsa.functions.codec import node_name
 from dsa.functions.pipeline import Node, features_on, prefix_key
+from evaluators.session import EvaluationSession
+from evaluators.workbench import BenchConfig, Workbench
 
 # Prefixes whose per-block values are exactly AlphaPruning's block metric (mean PL_Alpha_Hill of
 # the dense weights), so the worker reads them from the same cache as the baseline.
 _PLAIN_WEIGHTS = f"{node_name('pre2', 'noop')}({node_name('pre1', 'noop')}(weight))"
 CACHED_ALPHAS = {f"{node_name('red', 'alpha_' + mode)}({_PLAIN_WEIGHTS})": mode for mode in ("peak", "mid")}
-from evaluators.session import EvaluationSession
-from evaluators.workbench import BenchConfig, Workbench
 
 
 class Worker:

@@ -134,11 +134,6 @@ class EvaluationSession:
         """Perplexity of the model as it is now on each named text."""
         return {text: self.bench.perplexity(text, windows, progress=f"{label} {text}".strip()) for text in texts}
 
-    def pruned_perplexities(self, ratios: Sequence[float], texts: Sequence[str], windows: int) -> dict[str, float]:
-        """Perplexity on each text after pruning in the search's (cached) form."""
-        self.prune_cached(ratios)
-        return self.perplexities(texts, windows)
-
     @torch.no_grad()
     def _logprobs(self, window: torch.Tensor) -> torch.Tensor:
         model = self.bench.loaded.model

@@ -55,10 +55,6 @@ class Worker:
     def validation_ppl(self, ratios: list[float]) -> float:
         return self.session.fitness_perplexity(ratios)
 
-    def perplexities(self, ratios: list[float], texts: list[str], windows: int) -> dict[str, float]:
-        """Perplexity on each report text, pruned with the cached scores as in the search."""
-        return self.session.pruned_perplexities(ratios, texts, windows)
-
     def final_perplexities(self, ratios: list[float], pruner: str, texts: list[str], windows: int) -> dict[str, float]:
         """Perplexity on each text after pruning with a final pruner (sequential Wanda: the truth)."""
         self.session.prune(ratios, pruner)

@@ -23,7 +23,8 @@ from dsa.functions.files import describe, importance_expr, map_of, same_formula
 from dsa.functions.replay import function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
-from evaluators.cache import atomic_write_text, check_output_dir, check_output_file
+from evaluators.cache import atomic_write_text
+from evaluators.paths import check_output_dir, check_output_file
 from evaluators.errors import UserError, exits_cleanly
 from evaluators.pruning import parse_structure
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from dsa.search import checkpoint
-from dsa.search.evolution import SearchConfig, SearchState, check_state
+from dsa.search.evolution import FITNESS_FORMS, SearchConfig, SearchState, check_state
 from dsa.search.runner import REPORT_BASELINES, RunConfig, run
-from evaluators.cache import check_output_dir
+from evaluators.paths import check_output_dir
 from evaluators.errors import UserError, exits_cleanly
 from evaluators.session import OBJECTIVES
 from evaluators.workbench import BenchConfig
@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation windows of a full evaluation (default: %(default)s)")
     f.add_argument("--screen-windows", type=_positive, default=d.screen_windows,
                    help="windows every offspring is screened on first (default: %(default)s)")
+    f.add_argument("--fitness-form", choices=FITNESS_FORMS, default=d.fitness_form,
+                   help="how a full evaluation (the initial population, the promoted offspring) prunes: "
+                        "cached (the search's incremental Wanda, seconds) or sequential (the final pruner, "
+                        "sequential Wanda: one calibration pass per candidate); screening is always cached "
+                        "(default: %(default)s)")
     f.add_argument("--objective", choices=OBJECTIVES, default=r.objective,
                    help="ppl, or kl: KL divergence to the dense model's predictions (default: %(default)s)")
     f.add_argument("--report-texts", nargs="+", default=list(r.report_texts), help="test texts (default: %(default)s)")
@@ -165,6 +170,7 @@ def config_from_args(args) -> RunConfig:
                           random_search=args.random_search, fitness_windows=args.fitness_windows,
                           screen_windows=args.screen_windows, mode="per-block" if args.per_block else "function",
                           level_step=args.level_step, max_switches=args.max_switches,
+                          fitness_form=args.fitness_form,
                           sparsities=tuple(dict.fromkeys(args.sparsities or [])))
     if args.per_block and args.random_search:
         raise UserError("--per-block and --random-search are two different searches; choose one")

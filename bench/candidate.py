@@ -1,10 +1,11 @@
 """Cost of one search candidate relative to the bare forward pass over its fitness tokens.
 
-    python bench/candidate.py [--model smollm2-135m] [--repeats 5]
+    python bench/candidate.py [--model smollm2-135m] [--repeats 5] [--sequential-repeats 3]
 
 Candidate = incremental re-prune at a function's ratios (features memoised) + loss on the
 fitness windows; bare = the same windows through the dense model. Goal: ratio under 1.1.
-Medians of --repeats runs, screen (1 window) and full (4 windows) fidelities.
+Medians of --repeats runs, screen (1 window) and full (4 windows) fidelities; with
+--sequential-repeats, also a full evaluation pruned by sequential Wanda (--fitness-form sequential).
 """
 import argparse
 import json
@@ -27,6 +28,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sequential-repeats", type=int, default=0,
+                        help="also time full evaluations in --fitness-form sequential (a calibration pass each)")
     parser.add_argument("--out", default="results/bench_candidate.json")
     args = parser.parse_args()
     bench = Workbench(BenchConfig(model=args.model))
@@ -37,17 +40,20 @@ def main():
     pool = [search.random_individual() for _ in range(40)]
     pool = [ind for ind in pool if search.ratios_of(ind) is not None][: args.repeats * 2]
     result = {"model": args.model, "threads": torch.get_num_threads()}
-    for label, indices in (("screen", [0]), ("full", [0, 1, 2, 3])):
+    forms = [("screen", [0], "cached", args.repeats), ("full", [0, 1, 2, 3], "cached", args.repeats)]
+    if args.sequential_repeats:
+        forms.append(("full-sequential", [0, 1, 2, 3], "sequential", args.sequential_repeats))
+    for label, indices, form, repeats in forms:
         windows = session.windows[indices]
         bench.window_nll(windows)  # warm-up
         bare, costs = [], []
         # Interleaved, so drifts in machine load hit both alike. The bare pass runs on the model as
         # the previous candidate left it (a dense matmul costs the same with zeros in it), so each
         # candidate's re-prune is incremental, as in a running search.
-        for ind in pool[: args.repeats]:
+        for ind in pool[:repeats]:
             bare.append(_time(lambda: bench.window_nll(windows)))
             ratios = search.ratios_of(ind)
-            costs.append(_time(lambda: session.window_losses(ratios, indices)))
+            costs.append(_time(lambda: session.window_losses(ratios, indices, form)))
         bare = statistics.median(bare)
         result[label] = {"tokens": windows.numel(), "bare_forward_s": bare, "candidate_s": statistics.median(costs),
                          "ratio": statistics.median(costs) / bare}

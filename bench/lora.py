@@ -2,6 +2,7 @@
 
     python bench/lora.py --model smollm2-135m --sparsity 0.7 --allocation uniform --steps 60
     python bench/lora.py --ratios-json results/owl70.json --steps 60   # ratios from apply.py --json
+    python bench/lora.py --function results/default70/best.json --steps 60  # a searched function
 
 Prunes with faithful sequential Wanda (the final pruner of apply.py), measures wiki/test
 perplexity, fine-tunes LoRA adapters on C4 train windows (the first ones are the calibration
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsa.allocation.allocate import baseline_ratios  # noqa: E402
+from dsa.functions.replay import function_ratios, load_function  # noqa: E402
 from evaluators.cache import atomic_write_text  # noqa: E402
 from evaluators.data import token_windows  # noqa: E402
 from evaluators.lora import finetune_lora  # noqa: E402
@@ -36,6 +38,7 @@ def main():
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--allocation", default="uniform", help="baseline allocation (uniform, owl, alphapruning, ...)")
     parser.add_argument("--ratios-json", help="per-block ratios: a JSON list, or an object with 'ratios' (apply.py --json)")
+    parser.add_argument("--function", help="a function file (search.py's best.json), replayed at --sparsity")
     parser.add_argument("--pruner", default="wanda", choices=["wanda", "sparsegpt", "magnitude"])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seqlen", type=int, default=256, help="fine-tuning window length")
@@ -60,6 +63,10 @@ def main():
         data = json.loads(Path(args.ratios_json).read_text())
         ratios = [float(r) for r in (data["ratios"] if isinstance(data, dict) else data)]
         label = args.ratios_json
+    elif args.function:
+        ratios, _ = function_ratios(load_function(args.function), session.block_matrices, session.n_blocks,
+                                    session.sizes, args.sparsity)
+        label = args.function
     else:
         ratios, _ = baseline_ratios(args.allocation, bench, args.sparsity)
         label = args.allocation

@@ -1,12 +1,13 @@
 """Wanda vs SparseGPT vs ALPS: per-layer reconstruction error and time, and whole-model perplexity.
 
     python bench/pruners.py                       # layer errors (block 3: k_proj, up_proj) at 60 / 70 %
-    python bench/pruners.py --model-ppl --best results/default70/report.json
+    python bench/pruners.py --model-ppl --function results/default70/best.json
 
 Layer part: one real layer of smollm2-135m, its inputs X from the calibration windows (dense
 model), relative error ||X W^T - X W'^T|| / ||X W^T|| and wall time of each pruner (one thread).
 Model part (--model-ppl): the whole model pruned sequentially by each pruner at uniform ratios
-and at the best allocation of a search report, perplexity on wiki/validation and wiki/test.
+and at a searched function's allocation (the function replayed at each sparsity, or the best
+ratios of a search report), perplexity on wiki/validation and wiki/test.
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dsa.functions.replay import function_ratios, load_function  # noqa: E402
 from evaluators.alps import alps_prune  # noqa: E402
 from evaluators.capture import InputStats, StopForward, raise_stop  # noqa: E402
 from evaluators.sequential import sparsegpt_prune, wanda_prune_rows  # noqa: E402
@@ -68,12 +70,16 @@ def layer_rows(session, layers, ratios):
     return rows
 
 
-def model_rows(session, sparsities, best):
+def model_rows(session, sparsities, best, function, only=None):
     rows = []
     for sparsity in sparsities:
         allocations = {"uniform": [sparsity] * session.n_blocks}
         if best and abs(best["sparsity"] - sparsity) < 1e-9:
             allocations["best"] = best["ratios"]
+        if function:
+            allocations["function"], _ = function_ratios(function, session.block_matrices, session.n_blocks,
+                                                         session.sizes, sparsity)
+        allocations = {name: r for name, r in allocations.items() if not only or name in only}
         for name, ratios in allocations.items():
             for pruner in ("wanda", "sparsegpt", "alps"):
                 start = time.perf_counter()
@@ -94,18 +100,23 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model-ppl", action="store_true", help="also prune the whole model with each pruner")
     parser.add_argument("--best", default=None, help="a search's report.json: its best allocation joins the table")
+    parser.add_argument("--function", default=None, help="a function file: its allocation at each sparsity joins the table")
+    parser.add_argument("--allocations", nargs="+", choices=("uniform", "best", "function"), default=None,
+                        help="only these rows of the model table (default: all that apply)")
+    parser.add_argument("--skip-layers", action="store_true", help="only the model table")
     parser.add_argument("--out", default="results/bench_pruners.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     session = EvaluationSession(BenchConfig(model=args.model))
-    result = {"model": args.model, "threads": args.threads,
-              "layers": layer_rows(session, [(3, "self_attn.k_proj"), (3, "mlp.up_proj")], args.ratios)}
+    layers = [] if args.skip_layers else [(3, "self_attn.k_proj"), (3, "mlp.up_proj")]
+    result = {"model": args.model, "threads": args.threads, "layers": layer_rows(session, layers, args.ratios)}
     if args.model_ppl:
         best = None
         if args.best:
             report = json.loads(Path(args.best).read_text())
             best = {"sparsity": report["config"]["search"]["sparsity"], "ratios": report["best"]["ratios"]}
-        result["models"] = model_rows(session, args.ratios, best)
+        function = load_function(args.function) if args.function else None
+        result["models"] = model_rows(session, args.ratios, best, function, args.allocations)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

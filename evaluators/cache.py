@@ -22,33 +22,6 @@ from safetensors.torch import load_file, save_file
 T = TypeVar("T")
 
 
-def check_output_dir(directory, what: str) -> Path:
-    """Fail in one line, before any work, when `directory` cannot be created or written."""
-    from .errors import UserError
-
-    path = Path(directory)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path}: exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise UserError(f"{what} {path}: cannot write there ({err.strerror or err})")
-    return path
-
-
-def check_output_file(file, what: str) -> Path:
-    """The same for a file about to be written: its directory must be writable, it not a directory."""
-    from .errors import UserError
-
-    path = Path(file)
-    if path.is_dir():
-        raise UserError(f"{what} {path}: is a directory")
-    check_output_dir(path.parent if str(path.parent) else ".", what)
-    return path
-
-
 def atomic_write(path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a fresh temporary file beside `path`, then rename it over `path`.
 

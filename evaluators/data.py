@@ -20,6 +20,7 @@ import torch
 
 from . import assets
 from .errors import UserError
+from .paths import check_input_file
 
 EXL_DATA = "exllamav3/conversion/standard_cal_data/"
 BUILTIN_TEXTS = ["wiki/validation", "wiki/test", "c4/train", "ptb/train", "ptb/valid", "ptb/test"]
@@ -67,8 +68,8 @@ def _online(source: str, split: str) -> str:
 @functools.lru_cache(maxsize=16)
 def load_text(name: str) -> str:
     path = Path(name).expanduser()
-    if path.is_file():
-        raw = path.read_bytes()
+    if path.exists():
+        raw = check_input_file(path, "text").read_bytes()
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:

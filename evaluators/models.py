@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from . import assets
+from .cache import staged_directory, tensors_digest
 from .errors import UserError
 
 
@@ -44,17 +46,14 @@ class LoadedModel:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """Identity of the dense weights (a strided sample of every prunable matrix).
+        """Identity of the dense weights: sha256 over every byte of every prunable matrix.
 
-        Taken once, at load, so cache keys stay those of the dense model while it is pruned.
+        Taken once, at load, so cache keys stay those of the dense model while it is pruned;
+        a single changed weight gives other keys (about a second per GB of weights).
         """
-        digest = hashlib.sha256(self.name.encode())
-        for block in self.blocks:
-            for name, layer in block.linears.items():
-                sample = layer.weight.detach().flatten()[::7919].float().cpu()
-                digest.update(f"{block.index}.{name}".encode())
-                digest.update(sample.numpy().tobytes())
-        return digest.hexdigest()[:16]
+        weights = {f"{block.index}.{name}": layer.weight for block in self.blocks
+                   for name, layer in block.linears.items()}
+        return hashlib.sha256(f"{self.name}|{tensors_digest(weights)}".encode()).hexdigest()[:16]
 
 
 def default_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
@@ -93,32 +92,49 @@ def find_blocks(model: nn.Module) -> list[Block]:
     return blocks
 
 
+CHECKSUMS = "dsa-checksums.json"  # written beside a converted model: sha256 of its weight files
+
+
+def _weight_checksums(directory: Path) -> dict[str, str]:
+    return {f.name: assets.sha256_file(f) for f in sorted(directory.glob("*.safetensors"))}
+
+
+def _converted_is_sound(target: Path) -> bool:
+    """A finished conversion whose weight files still hold the bytes written (about 1 s per GB)."""
+    try:
+        recorded = json.loads((target / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return False
+    return (target / "config.json").is_file() and bool(recorded) and recorded == _weight_checksums(target)
+
+
 def _hf_dir_from_gguf(gguf: Path, key: str) -> Path:
     """Convert a GGUF file once into a float safetensors HF directory (seconds to reload)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = assets.cache_dir() / "models" / key
-    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+    if _converted_is_sound(target):
         return target
+    if target.exists():
+        print(f"warning: the converted model in {target} is damaged or incomplete; converting it again",
+              file=sys.stderr)
     print(f"converting {gguf.name} to safetensors in {target} (once)", file=sys.stderr)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are fully de-quantised floats now; drop the GGUF marker so they save plainly.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with staged_directory(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / CHECKSUMS).write_text(json.dumps(_weight_checksums(staging)))
     return target
 
 
 def _builtin_dir(alias: str) -> Path:
     target = assets.cache_dir() / "models" / alias
-    if (target / "model.safetensors").exists():
+    if _converted_is_sound(target):
         return target
     gguf_dir = assets.cache_dir() / "gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)

@@ -113,9 +113,16 @@ class EvaluationSession:
 
     # ---- measuring ----------------------------------------------------------------------------
     @torch.no_grad()
-    def window_losses(self, ratios: Sequence[float], indices: Sequence[int]) -> list[float]:
-        """Prune (cached form); summed loss of each requested fitness window (NLL, or KL to dense)."""
-        self.prune_cached(ratios)
+    def window_losses(self, ratios: Sequence[float], indices: Sequence[int], form: str = "cached") -> list[float]:
+        """Prune, then the summed loss of each requested fitness window (NLL, or KL to dense).
+
+        `form` "cached": the search's incremental Wanda from the dense-model orders (seconds);
+        "sequential": the final pruner, sequential Wanda (a calibration pass per candidate).
+        """
+        if form == "cached":
+            self.prune_cached(ratios)
+        else:
+            self.prune(ratios, "wanda", wanda_form=form)  # checks the form's name
         windows = self.windows[list(indices)]
         if self.objective == "ppl":
             return self.bench.window_nll(windows).tolist()

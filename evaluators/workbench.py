@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
+from . import assets
 from .calibration import input_norms, layer_key, row_orders
-from .data import token_windows
+from .data import BUILTIN_TEXTS, ONLINE_TEXTS, load_text, token_windows
 from .errors import UserError
-from .models import load_model
+from .models import default_device_dtype, load_model, resolve
 from .perplexity import perplexity, window_nll
 from .pruning import Pruner, block_sizes
 from .scores import score_matrix
@@ -36,10 +38,62 @@ class BenchConfig:
         return asdict(self)
 
 
+def check_config(config: BenchConfig, here: bool = True) -> None:
+    """Refuse a bad setting in one line before anything is loaded, or any Ray worker started.
+
+    `here`: the model will load on this machine, so its device must exist here and the model and
+    text paths are this machine's. Otherwise (a Ray cluster) only the names are checked; each
+    worker checks the rest on its own machine (Workbench does)."""
+    if config.metric not in ("wanda", "magnitude"):
+        raise UserError(f"unknown metric {config.metric!r}: use wanda or magnitude")
+    check_device(config.device, here)
+    default_device_dtype("cpu", config.dtype)  # the dtype's name only: no device is touched
+    if here:
+        check_model(config.model)
+        check_text(config.calib_text)
+
+
+def check_device(spec: str | None, here: bool = True) -> None:
+    if spec is None:
+        return
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"unknown device {spec!r}: use cpu, cuda or cuda:N")
+    if not here or device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    count = backend.device_count() if hasattr(backend, "device_count") else 0
+    if count == 0:
+        raise UserError(f"--device {spec}: no {device.type} device here")
+    if device.index is not None and device.index >= count:
+        raise UserError(f"--device {spec}: only {count} {device.type} device(s) here")
+
+
+def check_model(spec: str) -> None:
+    """What resolving the model can tell without loading weights: a built-in alias, an existing
+    .gguf file or Hugging Face directory, or a hub id's shape (whether the hub has it is known
+    only by trying, on the machine that loads it)."""
+    if spec in assets.BUILTIN_MODELS:
+        return  # resolving it may convert its GGUF: the workers do that
+    if spec.endswith(".gguf"):  # resolving it would convert it here
+        if not Path(spec).expanduser().is_file():
+            raise UserError(f"missing file: {spec}")
+    else:
+        resolve(spec)
+
+
+def check_text(name: str) -> None:
+    """A text's name; a local file is read (cached) to check it is UTF-8 text. Built-in and
+    online texts are known names: not loaded here."""
+    if name in BUILTIN_TEXTS + ONLINE_TEXTS and not Path(name).expanduser().exists():
+        return
+    load_text(name)
+
+
 class Workbench:
     def __init__(self, config: BenchConfig):
-        if config.metric not in ("wanda", "magnitude"):
-            raise UserError(f"unknown metric {config.metric!r}: use wanda or magnitude")
+        check_config(config)  # here, where the model loads: its device, paths and texts
         self.config = config
         self.loaded = load_model(config.model, config.device, config.dtype)
         context = getattr(self.loaded.model.config, "max_position_embeddings", None)

@@ -1,5 +1,7 @@
 """Bad input: one clear line on stderr and exit code 2, never a traceback."""
 
+import os
+
 import pytest
 import torch
 
@@ -78,6 +80,21 @@ def test_search_options_refused_before_any_work(capsys, argv, message):
     assert code == 2 and message in line
 
 
+@pytest.mark.parametrize("argv, message", [
+    (("--dtype", "float8"), "float8"), (("--device", "cuda:3"), "no cuda device here"),
+    (("--device", "tpu-ish"), "unknown device"), (("--calib", "no/such/calib.txt"), "missing file: no/such/calib.txt"),
+    (("--model", "llama-9b"), "unknown model 'llama-9b'"), (("--holdout", "./none.gguf"), "missing file: ./none.gguf"),
+])
+def test_bad_settings_with_ray_workers_refused_before_ray_starts(capsys, tmp_path, monkeypatch, argv, message):
+    """With Ray workers each of these used to fail inside every worker (two Ray tracebacks and a
+    retried actor before the line); now the driver refuses them first, and Ray never starts."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    code, line = run_search(capsys, "--workers", "1", "--name", "x", "--checkpoint-dir", str(tmp_path), *argv)
+    assert code == 2 and line.startswith("error: ") and message in line
+
+
 def test_unwritable_outputs_refused_before_any_work(capsys, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("mine")
@@ -146,3 +163,21 @@ def test_binary_text_and_overlong_windows_refused(capsys, tmp_path):
         data.load_text(str(nul))
     code, line = run_cli(capsys, "--seqlen", "9000", "--calib-windows", "1")
     assert code == 2 and "beyond smollm2-135m's context of 8192 tokens" in line
+
+
+def test_function_and_text_files_that_are_not_regular_files(capsys, tmp_path):
+    """A FIFO would block a read forever and a link to /dev/zero never ends: both are refused
+    by what they are, before any read, and a directory is named as one (not "missing")."""
+    fifo = tmp_path / "best.json"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        code, line = run_cli(capsys, "--function", str(path))
+        assert code == 2 and line == f"error: {path}: not a regular file (a pipe, socket or device)"
+        with pytest.raises(data.UserError, match="not a regular file"):
+            data.load_text(str(path))
+    code, line = run_cli(capsys, "--function", str(tmp_path))
+    assert code == 2 and line == f"error: {tmp_path}: is a directory, not a file"
+    code, line = run_cli(capsys, "--function", str(tmp_path / "absent.json"))
+    assert code == 2 and line == f"error: missing file: {tmp_path / 'absent.json'}"

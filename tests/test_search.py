@@ -217,6 +217,32 @@ def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
     session.restore()
 
 
+def test_sequential_fitness_form_scores_full_evaluations_with_the_final_pruner(bench):
+    """--fitness-form sequential: a full evaluation's fitness is the perplexity of the model pruned
+    by sequential Wanda on the same windows (computed here by hand); screening stays cached, and
+    the two forms' losses for one ratio vector live under different cache keys."""
+    from dsa.distributed.pool import InProcessPool
+    from dsa.distributed.worker import Worker
+    from dsa.search.fitness import PoolEvaluator
+    from evaluators.perplexity import perplexity
+
+    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 2)})
+    session = pool.workers["m"].session
+    config = SearchConfig(fitness_windows=2, screen_windows=1, fitness_form="sequential")
+    search = Search(config, bench.sizes, features_on(session.block_matrices, session.n_blocks),
+                    PoolEvaluator(pool, session.tokens_per_window, "ppl"))
+    ratios = search.ratios_of(search.individual(seed_names("owl")))
+    (screened,) = search.fitness([ratios], 1)
+    (full,) = search.fitness([ratios], 2)
+    session.prune(ratios, "wanda")  # sequential
+    assert full == pytest.approx(perplexity(bench.loaded.model, session.windows, 2), rel=1e-6)
+    session.prune_cached(ratios)
+    assert screened == pytest.approx(perplexity(bench.loaded.model, session.windows[:1], 1), rel=1e-6)
+    assert sorted(search.state.losses) == sorted([search.caches[0].key(ratios), "sequential:" + search.caches[0].key(ratios)])
+    assert search.state.evaluations == 2
+    session.restore()
+
+
 def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypatch):
     """A held-out model is loaded only after the last generation, and reported as held-out."""
     from dsa.search import evolution

@@ -44,8 +44,8 @@ class Worker:
             return block_alphas(self.session.bench, CACHED_ALPHAS[key]).tolist()
         return self.features_fn(node)
 
-    def losses(self, ratios: list[float], indices: list[int]) -> list[float]:
-        return self.session.window_losses(ratios, indices)
+    def losses(self, ratios: list[float], indices: list[int], form: str = "cached") -> list[float]:
+        return self.session.window_losses(ratios, indices, form)
 
     def baseline(self, method: str, sparsity: float, atp_step: float | None = None) -> tuple[list, list | None]:
         """A baseline's (ratios, per-block metric), with AlphaPruning's eps for this metric."""

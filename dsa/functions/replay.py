@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from evaluators.errors import UserError
+from evaluators.paths import check_input_file
 
 from .files import MAX_FILE_BYTES, FunctionError, to_names
 from .genome import build_pset
@@ -15,13 +15,13 @@ _PSET = build_pset(arithmetic=True)  # a superset: accepts linear and tree-shape
 
 def load_function(path) -> dict:
     """Read and validate a function file; every problem becomes a one-line UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing file: {path}")
-    if path.stat().st_size > MAX_FILE_BYTES:
+    path = check_input_file(path)
+    with path.open("rb") as file:
+        raw = file.read(MAX_FILE_BYTES + 1)  # bounded, whatever the size says
+    if len(raw) > MAX_FILE_BYTES:
         raise UserError(f"{path} is larger than {MAX_FILE_BYTES} bytes; not a function file")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(raw.decode("utf-8"))
         to_names(document)
     except (ValueError, RecursionError) as err:  # JSONDecodeError and FunctionError are ValueErrors
         kind = "invalid function" if isinstance(err, FunctionError) else "not valid JSON"

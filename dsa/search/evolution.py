@@ -26,6 +26,7 @@ from dsa.functions.genome import Ratios, build_pset, names_of, random_subtree, s
 from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, parse
 
 PENALTY = 1e9  # fitness of a function that yields no valid ratios: never selected, never a crash
+FITNESS_FORMS = ("cached", "sequential")  # how a full evaluation prunes (screening is always cached)
 
 if not hasattr(creator, "DsaFitness"):
     creator.create("DsaFitness", base.Fitness, weights=(-1.0,))
@@ -37,7 +38,7 @@ class SearchConfig:
     sparsity: float = 0.7
     population: int = 8
     offspring: int = 8
-    promote: int = 2
+    promote: int = 3           # offspring completed per generation: 3 of 8 miss the best 1 % of the time (BENCHMARKS 12)
     generations: int = 12
     tournament: int = 3
     cxpb: float = 0.5
@@ -52,6 +53,7 @@ class SearchConfig:
     mode: str = "function"     # "function": evolve allocation functions; "per-block": evolve ratios
     level_step: float = 0.01   # per-block: the ratio step of one level
     max_switches: int = 3      # per-block: level switches per child (EvoPress: 1..3)
+    fitness_form: str = "cached"  # full evaluations: "cached" Wanda (the proxy) or "sequential" (the final pruner)
 
 
 @dataclass
@@ -92,6 +94,7 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
     for value in (config.sparsity, *config.sparsities):
         expect(isinstance(value, (int, float)) and 0 < value < 1, "config sparsity must lie in (0, 1)")
     expect(config.mode in ("function", "per-block"), f"unknown search mode {config.mode!r:.40}")
+    expect(config.fitness_form in FITNESS_FORMS, f"unknown fitness form {config.fitness_form!r:.40}")
     counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "feature_cache_hits")
     for name in counters:
         value = getattr(state, name)
@@ -120,6 +123,14 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
                and len(rng[1]) == 625 and all(type(v) is int and 0 <= v < 2**32 for v in rng[1])
                and (rng[2] is None or isinstance(rng[2], float)), "rng is not a saved random state")
         expect(state.population, "a started run has a population")
+
+
+def fitness_caches(state, evaluator, targets, form: str) -> tuple[list, list]:
+    """Per target: the screening caches (cached form) and the full-evaluation caches (`form`)."""
+    screening = [FitnessCache(state, evaluator, t.namespace, t.group) for t in targets]
+    if form == "cached":
+        return screening, screening
+    return screening, [FitnessCache(state, evaluator, t.namespace, t.group, form) for t in targets]
 
 
 def one_point_crossover(ind1, ind2):
@@ -184,7 +195,7 @@ class Search:
             if model not in self.memos:
                 self.memos[model] = FeatureMemo(target.features, namespace=f"{model}|" if model else "")
                 self.memos[model].values = self.state.features
-        self.caches = [FitnessCache(self.state, evaluator, t.namespace, t.group) for t in self.targets]
+        self.caches, self.full_caches = fitness_caches(self.state, evaluator, self.targets, config.fitness_form)
         self.checkpoint_dir = checkpoint_dir
         self.extra = extra or {}
         self.seed_eps = seed_eps  # AlphaPruning's eps for the search's metric, as the baseline uses
@@ -248,8 +259,10 @@ class Search:
 
     # ---- fitness -----------------------------------------------------------------------------
     def fitness(self, ratio_vectors: list, count: int, desc: str | None = None, target: int = 0) -> list[float]:
-        """One target's fitness of each ratio vector on its first `count` windows (cached; one batch)."""
-        return self.caches[target](ratio_vectors, count, desc)
+        """One target's fitness of each ratio vector on its first `count` windows (cached; one batch);
+        a full evaluation (all fitness windows) prunes in the configured fitness form."""
+        caches = self.full_caches if count == self.config.fitness_windows else self.caches
+        return caches[target](ratio_vectors, count, desc)
 
     def score(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
         """The selection value of each allocation (one ratio vector per target).
@@ -339,7 +352,7 @@ class Search:
     def _complete(self, allocation) -> bool:
         """Whether every target's fitness windows of this allocation are known already."""
         return all(str(i) in self.state.losses.get(cache.key(ratios), {})
-                   for cache, ratios in zip(self.caches, allocation) for i in range(self.config.fitness_windows))
+                   for cache, ratios in zip(self.full_caches, allocation) for i in range(self.config.fitness_windows))
 
     def _record(self) -> None:
         values = [ind.fitness.values[0] for ind in self.population if ind.fitness.values[0] < PENALTY]

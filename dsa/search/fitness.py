@@ -35,7 +35,7 @@ class PoolEvaluator:
         self.objective = objective
 
     def losses_many(self, jobs: list[tuple], desc: str | None = None, group: str | None = None) -> list[list[float]]:
-        """Per-window losses of each (ratios, window indices) job, on the workers holding `group`."""
+        """Per-window losses of each (ratios, window indices, form) job, on the workers holding `group`."""
         return self.pool.map_routed("losses", [(group or self.pool.groups[0], job) for job in jobs], desc)
 
     def score(self, window_losses: Sequence[float], group: str | None = None) -> float:
@@ -54,14 +54,16 @@ class FitnessCache:
     a cache hit. Shared by the function search and the per-block search; counters go to `state`.
     """
 
-    def __init__(self, state, evaluator, namespace: str = "", group: str | None = None):
+    def __init__(self, state, evaluator, namespace: str = "", group: str | None = None, form: str = "cached"):
         self.state = state
         self.evaluator = evaluator
         self.namespace = namespace
         self.group = group
+        self.form = form  # how candidates are pruned: "cached" (the search's Wanda) or "sequential"
 
     def key(self, ratios) -> str:
-        return self.namespace + ratio_key(ratios)
+        # Sequential-form losses are other numbers for the same ratios: they never share an entry.
+        return self.namespace + ("" if self.form == "cached" else f"{self.form}:") + ratio_key(ratios)
 
     def __call__(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
         jobs = {}
@@ -73,7 +75,8 @@ class FitnessCache:
                 jobs[key] = (ratios, missing)
             else:
                 self.state.cache_hits += 1
-        results = self.evaluator.losses_many(list(jobs.values()), desc, self.group) if jobs else []
+        batch = [(ratios, missing, self.form) for ratios, missing in jobs.values()]
+        results = self.evaluator.losses_many(batch, desc, self.group) if jobs else []
         for (key, (_, missing)), losses in zip(jobs.items(), results):
             self.state.losses[key].update({str(i): loss for i, loss in zip(missing, losses)})
             self.state.evaluations += 1

@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from dsa.allocation.ratios import DEFAULT_MAX_RATIO, rebalance, weighted_mean
 
 from . import checkpoint
-from .evolution import SearchConfig, SearchState, Target, run_generations
-from .fitness import FitnessCache
+from .evolution import SearchConfig, SearchState, Target, fitness_caches, run_generations
 
 
 class PerBlockSearch:
@@ -36,8 +35,8 @@ class PerBlockSearch:
         self.sizes = torch.as_tensor(sizes, dtype=torch.float64)
         self.equal_sizes = bool((self.sizes == self.sizes[0]).all())
         self.state = state or SearchState()
-        self.cache = FitnessCache(self.state, evaluator)
         self.targets = [Target(None, config.sparsity, self.sizes, None)]
+        (self.cache,), (self.full_cache,) = fitness_caches(self.state, evaluator, self.targets, config.fitness_form)
         self.checkpoint_dir = checkpoint_dir
         self.extra = extra or {}
         # Levels reachable from the target sparsity without leaving [0, max_ratio].
@@ -46,8 +45,10 @@ class PerBlockSearch:
         self.highest = int((DEFAULT_MAX_RATIO - config.sparsity) / step + 1e-9)
 
     def fitness(self, ratio_vectors: list, count: int, desc: str | None = None, target: int = 0) -> list[float]:
-        """Fitness of each ratio vector on its first `count` windows (cached; one batch)."""
-        return self.cache(ratio_vectors, count, desc)
+        """Fitness of each ratio vector on its first `count` windows (cached; one batch); a full
+        evaluation prunes in the configured fitness form."""
+        cache = self.full_cache if count == self.config.fitness_windows else self.cache
+        return cache(ratio_vectors, count, desc)
 
     # ---- levels <-> ratios --------------------------------------------------------------------
     def ratios_of(self, levels: list[int], target: int = 0) -> list[float]:

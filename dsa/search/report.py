@@ -92,7 +92,8 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
     for name, table in tables.items():
         kind = "trained" if table["trained"] else "held-out"
         lines += [f"## {name} ({kind})", "",
-                  f"validation fitness = the search's form (cached Wanda, {config['search']['fitness_windows']} "
+                  f"validation fitness = the search's form ({config['search'].get('fitness_form', 'cached')} Wanda, "
+                  f"{config['search']['fitness_windows']} "
                   f"windows); other columns = {pruner} (sequential), {config['report_windows']} windows.", "",
                   "| allocation | validation fitness | " + " | ".join(f"{t} ({pruner})" for t in texts) + " |",
                   "|---|---|" + "---|" * len(texts)]

@@ -20,7 +20,7 @@ from dsa.allocation.constants import ATP_LAMBDAS, alpha_eps_for
 from dsa.distributed.pool import open_pool
 from dsa.functions.files import from_root
 from dsa.functions.pipeline import FeatureMemo, allocation_ratios, block_values
-from evaluators.workbench import BenchConfig, Workbench
+from evaluators.workbench import BenchConfig, Workbench, check_config, check_text
 
 from . import checkpoint
 from .evolution import Search, SearchConfig, SearchState, Target
@@ -110,8 +110,9 @@ def target_report(search, pool, config: RunConfig, index: int, best) -> dict:
     final = final_perplexities(pool, config, model, ratios)
     entries = {name: {"ratios": r, "block_metric": m, "val_fitness": v, "final": f}
                for (name, (r, m)), v, f in zip(allocations.items(), val, final)}
+    known = {ratio_key(r): f[config.fitness_text] for r, f in zip(ratios, final)}
     return {"model": model, "sparsity": sparsity, "trained": True, "allocations": entries, "atp": atp,
-            "forms": forms_agreement(search, pool, config, index)}
+            "forms": forms_agreement(search, pool, config, index, known)}
 
 
 def final_perplexities(pool, config: RunConfig, model: str, ratios: list) -> list[dict]:
@@ -123,9 +124,12 @@ def final_perplexities(pool, config: RunConfig, model: str, ratios: list) -> lis
     return pool.map("final_perplexities", jobs, f"{config.final_pruner} on {model}", group=model)
 
 
-def forms_agreement(search, pool, config: RunConfig, index: int) -> dict:
+def forms_agreement(search, pool, config: RunConfig, index: int, known: dict | None = None) -> dict:
     """Spearman rank correlation between the search's fitness (cached form) and the final pruner's
-    validation perplexity over the final population's best distinct allocations."""
+    validation perplexity over the final population's best distinct allocations.
+
+    `known`: final validation perplexities already measured (ratio key -> value), e.g. the best and
+    the seeds among the baselines, so only the others are pruned again."""
     if isinstance(search, PerBlockSearch) or config.rank_check < 2:
         return {"count": 0}
     target = search.targets[index]
@@ -139,9 +143,12 @@ def forms_agreement(search, pool, config: RunConfig, index: int) -> dict:
     if len(ratios) < 2:
         return {"count": len(ratios)}
     cached = search.fitness(ratios, config.search.fitness_windows, target=index)
-    jobs = [(r, config.final_pruner, [config.fitness_text], config.report_windows) for r in ratios]
-    final = [row[config.fitness_text] for row in pool.map("final_perplexities", jobs, "forms",
-                                                          group=target.group or config.model_names()[0])]
+    known = known or {}
+    missing = [r for r in ratios if ratio_key(r) not in known]
+    jobs = [(r, config.final_pruner, [config.fitness_text], config.report_windows) for r in missing]
+    measured = pool.map("final_perplexities", jobs, "forms", group=target.group or config.model_names()[0])
+    known = {**known, **{ratio_key(r): row[config.fitness_text] for r, row in zip(missing, measured)}}
+    final = [known[ratio_key(r)] for r in ratios]
     return {"count": len(ratios), "spearman": spearman(cached, final), "cached_fitness": cached,
             "final_validation": final}
 
@@ -212,8 +219,10 @@ def choose_atp_step(search, pool, index: int, n_blocks: int, sparsity: float, wi
 def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
     """Evaluate the best and the baselines on every target, and on the held-out models; write results/<name>/."""
     best = search.best()
-    workers_info = {"kind": type(pool).__name__, "count": pool.size,
-                    "startup_s": round(getattr(pool, "startup_s", 0.0), 1)}
+    # Workers still in the rotation: one lost with its node and not yet dropped does not count.
+    workers_info = {"kind": type(pool).__name__, "count": pool.size - len(getattr(pool, "lost", ())),
+                    "startup_s": round(getattr(pool, "startup_s", 0.0), 1),
+                    "reruns": getattr(pool, "reruns", 0)}  # jobs run again after their worker was lost
     tables = {}
     for index in range(len(search.targets)):
         table = target_report(search, pool, config, index, best)
@@ -234,6 +243,17 @@ def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
                         config.as_dict(), label)
 
 
+def check_inputs(config: RunConfig, here: bool) -> None:
+    """Every model's settings and every text, in one line each, before Ray or any model starts
+    (a bad one would otherwise fail in each worker, or in the report after the whole search).
+    `here`: the workers run on this machine (in this process or an embedded Ray)."""
+    for model in (*config.model_names(), *config.holdout):
+        check_config(dataclasses.replace(config.bench, model=model), here)
+    if here:
+        for text in (config.fitness_text, *config.report_texts):
+            check_text(text)
+
+
 def run(config: RunConfig, state: SearchState | None = None, bench: Workbench | None = None,
         stop_after: int | None = None, workers: int | None = 0, address: str | None = None) -> dict | None:
     """Run or resume a search; returns the report, or None when stopped early by `stop_after`.
@@ -243,6 +263,7 @@ def run(config: RunConfig, state: SearchState | None = None, bench: Workbench | 
     `address` joins a cluster.
     """
     start = time.perf_counter()
+    check_inputs(config, here=address is None)
     benches = {config.model_names()[0]: bench} if bench is not None else None
     with checkpoint.exclusive(Path(config.checkpoint_dir) / config.name):
         pool = open_pool(config.worker_args(config.model_names()), workers, address, config.bench.device, benches)

@@ -1,6 +1,6 @@
 """Search for a layer-wise sparsity allocation function (DSA) by genetic programming.
 
-  python search.py                           # smollm2-135m, Wanda, 70 %, ~9 min on 2 CPU cores
+  python search.py                           # smollm2-135m, Wanda, 70 %, ~14 min on 2 CPU cores with its report
   python search.py --resume checkpoints/NAME  # continue a killed run from its last generation
   python search.py --address auto --workers 8 # on a running Ray cluster (ray start --head ...)
   python search.py --models smollm2-135m gemma3-270m --holdout qwen2.5-0.5b  # functions that transfer

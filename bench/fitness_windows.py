@@ -1,6 +1,8 @@
 """How many validation windows a fitness needs, and how often screening drops the best candidate.
 
     python bench/fitness_windows.py --windows 16 --candidates 24 --threads 1
+    python bench/fitness_windows.py --losses results/bench_fitness_windows.json --promote 3  # re-summarise
+    python bench/fitness_windows.py --losses results/bench_fitness_windows.json --top 8        # the best 8
 
 Candidates: the search's seed functions plus random valid functions (seed 0), each pruned in
 the search's form (cached Wanda) at --sparsity; per-window loss on --windows validation windows
@@ -93,7 +95,18 @@ def main():
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="results/bench_fitness_windows.json")
+    parser.add_argument("--losses", help="an earlier run's JSON: summarise its losses again (other --screen, "
+                                         "--promote, --offspring) without evaluating anything")
+    parser.add_argument("--top", type=int, help="with --losses: only the N best candidates on all windows")
     args = parser.parse_args()
+    if args.losses:
+        earlier = json.loads(Path(args.losses).read_text())
+        losses = earlier["losses"]
+        if args.top:  # the spread and agreement among the best only (where selection happens)
+            losses = dict(sorted(losses.items(), key=lambda item: sum(item[1]))[: args.top])
+        print(json.dumps(summarise(losses, earlier["tokens_per_window"], min(args.offspring, len(losses)),
+                                   args.promote, args.screen, args.draws), indent=2))
+        return
     torch.set_num_threads(args.threads)
     session = EvaluationSession(BenchConfig(model=args.model), "wiki/validation", args.windows)
     search = Search(SearchConfig(sparsity=args.sparsity), session.sizes,
@@ -108,7 +121,8 @@ def main():
     summary = summarise(losses, session.tokens_per_window, args.offspring, args.promote, args.screen, args.draws)
     print(json.dumps(summary, indent=2))
     atomic_write_text(args.out, json.dumps({"model": args.model, "sparsity": args.sparsity, "summary": summary,
-                                            "losses": losses}, indent=2))
+                                            "tokens_per_window": session.tokens_per_window, "losses": losses},
+                                           indent=2))
 
 
 if __name__ == "__main__":

@@ -267,10 +267,12 @@ def compare(args) -> None:
     check_output_dir(out, "--out")
     session = _session(args)
     dense = session.perplexities(args.eval, args.eval_windows, "dense")
-    rows, allocations = [], {}
+    rows, allocations, atp_choices = [], {}, {}
     for sparsity in args.sparsity:
         for method in args.allocations:
-            options = _choose_atp(args, session, sparsity, nm)[0] if method == "atp" else _options(args)
+            options = _options(args)
+            if method == "atp":
+                options, atp_choices[f"{sparsity:g}"] = _choose_atp(args, session, sparsity, nm)
             ratios, _ = baseline_ratios(method, session.bench, sparsity, options)
             achieved = session.prune(ratios, args.pruner, nm, args.wanda_form)
             ppl = session.perplexities(args.eval, args.eval_windows, f"{method}@{sparsity:g}")
@@ -278,9 +280,9 @@ def compare(args) -> None:
             allocations[(method, sparsity)] = ratios
             print(f"{method:>12} @ {sparsity:g}: " + "  ".join(f"{t} {v:.3f}" for t, v in ppl.items()), flush=True)
     session.restore()
-    table = write_comparison(out, args.model, args.pruner, dense, rows, allocations)
+    table = write_comparison(out, args.model, args.pruner, dense, rows, allocations, atp_choices)
     print(table)
-    print(f"written to {out}/ (table.md, table.csv, ratios.png)")
+    print(f"written to {out}/ (table.md, table.csv, ratios.png{', atp.json' if atp_choices else ''})")
 
 
 def show(args) -> None:

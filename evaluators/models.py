@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from . import assets
@@ -132,9 +133,25 @@ def _hf_dir_from_gguf(gguf: Path, key: str) -> Path:
     return target
 
 
+def _first_conversion_lock(key: str) -> FileLock:
+    """Concurrent first loads of one model (a search beside the tests, several Ray actors)
+    take turns: the second finds the first's converted copy instead of racing its GGUF."""
+    folder = assets.cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{key}.lock"))
+
+
 def _builtin_dir(alias: str) -> Path:
     target = assets.cache_dir() / "models" / alias
     if _converted_is_sound(target):
+        return target
+    with _first_conversion_lock(alias):
+        return _assemble_and_convert(alias)
+
+
+def _assemble_and_convert(alias: str) -> Path:
+    target = assets.cache_dir() / "models" / alias
+    if _converted_is_sound(target):  # another process finished while we waited
         return target
     gguf_dir = assets.cache_dir() / "gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +173,8 @@ def resolve(spec: str) -> tuple[Path | str, bool]:
             raise UserError(f"missing file: {spec}")
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-        return _hf_dir_from_gguf(path.resolve(), f"gguf-{key}"), True
+        with _first_conversion_lock(f"gguf-{key}"):
+            return _hf_dir_from_gguf(path.resolve(), f"gguf-{key}"), True
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"{spec} is not a Hugging Face model directory (no config.json)")

@@ -5,6 +5,7 @@ and hostile function files.
 The model runs go through apply.main in-process on the session workbench (one model load for
 the whole suite); the hostile files run apply.py as a subprocess, as a user would.
 """
+import csv
 import importlib.util
 import json
 import math
@@ -436,3 +437,38 @@ def test_too_large_file_and_bad_flags(capsys, tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     code, _, err = run_main(capsys, "--save", str(tmp_path / "taken"))
     assert code == 2 and "not empty" in err
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_chooses_atp_on_validation_and_records_its_grid(bench, capsys, monkeypatch, tmp_path):
+    """`apply.py compare` with ATP: every grid point is pruned and measured on the validation text;
+    the chosen step is the grid's lowest, the table's ATP row is that same pruned model, and the
+    grid lands in atp.json and under the table."""
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    out = tmp_path / "cmp"
+    try:
+        code, stdout, err = run_main(capsys, "compare", "--sparsity", "0.7", "--allocations", "uniform", "atp",
+                                     "--wanda-form", "cached", "--eval", "wiki/validation", "--eval-windows", "1",
+                                     "--out", str(out))
+    finally:
+        bench.pruner.restore()
+    assert code == 0, err
+    choice = json.loads((out / "atp.json").read_text())["0.7"]
+    grid = choice["grid"]
+    assert [row["lambda"] for row in grid] == [0.04, 0.08, 0.12, 0.15, 0.2, 0.25]  # all legal at 70 % on 30 blocks
+    assert [row["step"] for row in grid] == pytest.approx([2 * row["lambda"] / 29 for row in grid])
+    chosen = min(grid, key=lambda row: row["wiki/validation"])
+    assert choice["step"] == chosen["step"] and choice["chosen_on"] == "wiki/validation"
+    rows = {row["method"]: row for row in csv_rows(out / "table.csv")}
+    assert float(rows["atp"]["wiki/validation"]) == pytest.approx(chosen["wiki/validation"], rel=1e-9)
+    assert float(rows["atp"]["wiki/validation"]) < float(rows["uniform"]["wiki/validation"])
+    for row in rows.values():
+        assert abs(float(row["achieved"]) - 0.7) < 2e-3
+    assert f"step {chosen['step']:.5f} chosen on wiki/validation" in (out / "table.md").read_text()
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

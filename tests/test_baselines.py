@@ -220,6 +220,7 @@ def test_dsa_published_function_by_hand():
     lam, sparsity = 0.08, 0.7
     expected = [sparsity + 2 * lam * (x - sum(scaled) / 3) for x in scaled]  # larger -> more pruning
     ratios, metric = dsa_published_ratios(blocks, torch.ones(3), sparsity, lam)
-    assert metric.tolist() == pytest.approx(importance, abs=1e-12)
-    assert ratios.tolist() == pytest.approx(expected, abs=1e-12)
+    # The scores are float32, and float32 ln(e) differs by 1 ulp between CPUs' vector paths.
+    assert metric.tolist() == pytest.approx(importance, abs=1e-6)
+    assert ratios.tolist() == pytest.approx(expected, abs=1e-6)
     assert ratios[1] == ratios.max()

@@ -1,4 +1,5 @@
 """Block discovery on both built-in models, disjoint text splits, built-in texts."""
+import hashlib
 import shutil
 
 import torch
@@ -85,7 +86,22 @@ def test_qwen2_assembly_refuses_wrong_bytes(tmp_path, monkeypatch):
     target = tmp_path / "qwen.gguf"
     with pytest.raises(UserError, match="wrong sha256"):
         assets.assemble_gguf("qwen2.5-0.5b", target)
-    assert not target.exists() and not target.with_suffix(".partial").exists()
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a partial file is left
+
+
+def test_concurrent_assembly_of_one_gguf(tmp_path):
+    """Two first loads at once (a search beside the tests) each write a private partial file
+    and both end with the verified GGUF; neither trips over the other's half-written file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = tmp_path / "smollm2-135m.gguf"
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda _: assets.assemble_gguf("smollm2-135m", target), range(2)))
+    assert done == [target, target]
+    info = assets.BUILTIN_MODELS["smollm2-135m"]
+    whole = hashlib.sha256(b"".join(assets.read_member(w, m) for w, m in zip(info["wheels"], info["members"])))
+    assert assets.sha256_file(target) == whole.hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
 def test_blocks_qwen2():

@@ -206,7 +206,11 @@ def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
                     targets=targets)
     owl = search.individual(seed_names("owl"))
     allocation = search.allocation_of(owl)
+    batches = []
+    map_routed = pool.map_routed
+    pool.map_routed = lambda method, jobs, desc=None: batches.append(len(jobs)) or map_routed(method, jobs, desc)
     (value,) = search.score([allocation], 2)
+    assert batches == [4]  # both targets' candidate and uniform in one batch, not one target after the other
     by_hand = []
     for ratios, sparsity in zip(allocation, (0.6, 0.7)):
         owl_ppl = session.fitness_perplexity(ratios)

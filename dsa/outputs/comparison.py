@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -30,10 +31,28 @@ def markdown_table(model: str, pruner: str, dense: dict[str, float], rows: list[
     return "\n".join(lines) + "\n"
 
 
+def atp_lines(atp_choices: dict[str, dict]) -> str:
+    """How ATP's difference was chosen at each sparsity: every grid point's validation perplexity."""
+    lines = []
+    for sparsity, choice in atp_choices.items():
+        if "grid" not in choice:  # the user's --atp-step
+            lines.append(f"ATP at {float(sparsity):.0%}: step {choice['step']:.5f} (--atp-step)")
+            continue
+        text = choice["chosen_on"]
+        grid = ", ".join(f"{row['lambda']:g}: {row[text]:.2f}" for row in choice["grid"])
+        lines.append(f"ATP at {float(sparsity):.0%}: step {choice['step']:.5f} chosen on {text} "
+                     f"(lambda: perplexity {grid})")
+    return "\n".join(lines)
+
+
 def write_comparison(out: Path, model: str, pruner: str, dense: dict[str, float], rows: list[dict],
-                     allocations: dict[tuple[str, float], list[float]]) -> str:
+                     allocations: dict[tuple[str, float], list[float]], atp_choices: dict | None = None) -> str:
+    """`atp_choices`: per sparsity, ATP's chosen step and its grid (also written to atp.json)."""
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(model, pruner, dense, rows)
+    if atp_choices:
+        table += "\n" + atp_lines(atp_choices) + "\n"
+        (out / "atp.json").write_text(json.dumps(atp_choices, indent=2))
     (out / "table.md").write_text(table)
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

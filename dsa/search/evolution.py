@@ -20,7 +20,7 @@ from deap import base, creator, gp, tools
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .fitness import FitnessCache, ratio_key
+from .fitness import FitnessCache, fitness_together, ratio_key
 from dsa.allocation.constants import ALPHA_EPS
 from dsa.functions.genome import Ratios, build_pset, names_of, random_subtree, seed_genomes, tree_from_names
 from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, parse
@@ -261,8 +261,13 @@ class Search:
     def fitness(self, ratio_vectors: list, count: int, desc: str | None = None, target: int = 0) -> list[float]:
         """One target's fitness of each ratio vector on its first `count` windows (cached; one batch);
         a full evaluation (all fitness windows) prunes in the configured fitness form."""
+        return self.fitness_on([(target, ratio_vectors)], count, desc)[0]
+
+    def fitness_on(self, requests: list[tuple[int, list]], count: int, desc: str | None = None) -> list[list[float]]:
+        """`fitness` of several (target index, ratio vectors) requests as one batch: every target's
+        model evaluates its share at the same time."""
         caches = self.full_caches if count == self.config.fitness_windows else self.caches
-        return caches[target](ratio_vectors, count, desc)
+        return fitness_together([(caches[index], ratios, count) for index, ratios in requests], desc)
 
     def score(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
         """The selection value of each allocation (one ratio vector per target).
@@ -272,11 +277,10 @@ class Search:
         """
         if len(self.targets) == 1:
             return self.fitness([a[0] for a in allocations], count, desc)
-        per_target = []
-        for index, target in enumerate(self.targets):
-            uniform = [target.sparsity] * len(target.sizes)
-            values = self.fitness([a[index] for a in allocations] + [uniform], count, desc, index)
-            per_target.append([math.log(v / values[-1]) for v in values[:-1]])
+        requests = [(index, [a[index] for a in allocations] + [[t.sparsity] * len(t.sizes)])
+                    for index, t in enumerate(self.targets)]
+        per_target = [[math.log(v / values[-1]) for v in values[:-1]]  # values[-1]: uniform's
+                      for values in self.fitness_on(requests, count, desc)]
         return [sum(column) / len(column) for column in zip(*per_target)]
 
     def _assign(self, ind, value: float) -> None:

@@ -36,7 +36,11 @@ class PoolEvaluator:
 
     def losses_many(self, jobs: list[tuple], desc: str | None = None, group: str | None = None) -> list[list[float]]:
         """Per-window losses of each (ratios, window indices, form) job, on the workers holding `group`."""
-        return self.pool.map_routed("losses", [(group or self.pool.groups[0], job) for job in jobs], desc)
+        return self.losses_routed([(group, job) for job in jobs], desc)
+
+    def losses_routed(self, jobs: list[tuple[str | None, tuple]], desc: str | None = None) -> list[list[float]]:
+        """Per-window losses of (group, job) pairs in one batch: every model's workers at once."""
+        return self.pool.map_routed("losses", [(group or self.pool.groups[0], job) for group, job in jobs], desc)
 
     def score(self, window_losses: Sequence[float], group: str | None = None) -> float:
         tokens = self.tokens_per_window
@@ -65,7 +69,9 @@ class FitnessCache:
         # Sequential-form losses are other numbers for the same ratios: they never share an entry.
         return self.namespace + ("" if self.form == "cached" else f"{self.form}:") + ratio_key(ratios)
 
-    def __call__(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
+    def plan(self, allocations: list, count: int) -> dict:
+        """The windows `allocations` still need of their first `count` (key -> (ratios, missing
+        window indices)); an allocation requested twice, or already known, is a cache hit."""
         jobs = {}
         for ratios in allocations:
             key = self.key(ratios)
@@ -75,11 +81,30 @@ class FitnessCache:
                 jobs[key] = (ratios, missing)
             else:
                 self.state.cache_hits += 1
-        batch = [(ratios, missing, self.form) for ratios, missing in jobs.values()]
-        results = self.evaluator.losses_many(batch, desc, self.group) if jobs else []
+        return jobs
+
+    def record(self, jobs: dict, results: list[list[float]]) -> None:
         for (key, (_, missing)), losses in zip(jobs.items(), results):
             self.state.losses[key].update({str(i): loss for i, loss in zip(missing, losses)})
             self.state.evaluations += 1
             self.state.windows_evaluated += len(missing)
+
+    def values(self, allocations: list, count: int) -> list[float]:
         return [self.evaluator.score([self.state.losses[self.key(r)][str(i)] for i in range(count)], self.group)
                 for r in allocations]
+
+    def __call__(self, allocations: list, count: int, desc: str | None = None) -> list[float]:
+        return fitness_together([(self, allocations, count)], desc)[0]
+
+
+def fitness_together(requests: list[tuple[FitnessCache, list, int]], desc: str | None = None) -> list[list[float]]:
+    """The fitness of several (cache, allocations, window count) requests, e.g. one per model of
+    a multi-model search, evaluated as one batch: each model's workers evaluate its jobs while
+    the other models' workers evaluate theirs, instead of waiting their turn."""
+    plans = [cache.plan(allocations, count) for cache, allocations, count in requests]
+    routed = [(cache.group, (ratios, missing, cache.form))
+              for (cache, _, _), jobs in zip(requests, plans) for ratios, missing in jobs.values()]
+    results = iter(requests[0][0].evaluator.losses_routed(routed, desc) if routed else [])
+    for (cache, _, _), jobs in zip(requests, plans):
+        cache.record(jobs, [next(results) for _ in jobs])
+    return [cache.values(allocations, count) for cache, allocations, count in requests]

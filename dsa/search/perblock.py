@@ -50,6 +50,9 @@ class PerBlockSearch:
         cache = self.full_cache if count == self.config.fitness_windows else self.cache
         return cache(ratio_vectors, count, desc)
 
+    def fitness_on(self, requests: list[tuple[int, list]], count: int, desc: str | None = None) -> list[list[float]]:
+        return [self.fitness(ratios, count, desc) for _, ratios in requests]  # one target only
+
     # ---- levels <-> ratios --------------------------------------------------------------------
     def ratios_of(self, levels: list[int], target: int = 0) -> list[float]:
         ratios = [self.config.sparsity + level * self.config.level_step for level in levels]

@@ -90,38 +90,52 @@ def _remote_features(pool, model: str):
     return lambda node: pool.call("features", node, group=model)  # computed where the model is
 
 
-def target_report(search, pool, config: RunConfig, index: int, best) -> dict:
-    """Best and baselines on one trained target: ratios, block metric, validation in the search's
-    form (the fitness, cached), and every text with the final pruner."""
+def target_allocations(search, pool, config: RunConfig, index: int, best, atp: dict) -> dict:
+    """Best and baselines on one trained target: ratios and block metric."""
     target = search.targets[index]
     model, sparsity = target.group or config.model_names()[0], target.sparsity
     if isinstance(search, PerBlockSearch):
         allocations = {"best": (search.ratios_of(best), None)}
     else:
         allocations = {"best": (search.ratios_of(best, index), search.importance_of(best, index))}
-    atp = choose_atp_step(search, pool, index, len(target.sizes), sparsity, config.search.fitness_windows)
     for name in config.report_baselines:
         allocations[name] = tuple(pool.call("baseline", name, sparsity, atp["step"], group=model))
-    ratios = [r for r, _ in allocations.values()]
-    if config.objective == "ppl":  # the fitness itself, cached for the best and the seeds
-        val = search.fitness(ratios, config.search.fitness_windows, target=index)
+    return {"model": model, "sparsity": sparsity, "allocations": allocations, "atp": atp}
+
+
+def target_reports(search, pool, config: RunConfig, best) -> list[dict]:
+    """Every trained target's report: validation in the search's form (the fitness, cached for the
+    best and the seeds) and every text with the final pruner. Each step sends all targets' jobs
+    in one batch, so each model's workers work while the other models' workers do."""
+    windows = config.search.fitness_windows
+    atps = choose_atp_steps(search, pool, windows)
+    prepared = [target_allocations(search, pool, config, i, best, atp) for i, atp in enumerate(atps)]
+    ratios = [[r for r, _ in p["allocations"].values()] for p in prepared]
+    if config.objective == "ppl":
+        vals = search.fitness_on(list(enumerate(ratios)), windows)
     else:
-        val = pool.map("validation_ppl", [(r,) for r in ratios], group=model)
-    final = final_perplexities(pool, config, model, ratios)
-    entries = {name: {"ratios": r, "block_metric": m, "val_fitness": v, "final": f}
-               for (name, (r, m)), v, f in zip(allocations.items(), val, final)}
-    known = {ratio_key(r): f[config.fitness_text] for r, f in zip(ratios, final)}
-    return {"model": model, "sparsity": sparsity, "trained": True, "allocations": entries, "atp": atp,
-            "forms": forms_agreement(search, pool, config, index, known)}
+        flat = iter(pool.map_routed("validation_ppl", [(p["model"], (r,)) for p, rs in zip(prepared, ratios) for r in rs]))
+        vals = [[next(flat) for _ in rs] for rs in ratios]
+    final = iter(final_perplexities(pool, config, [(p["model"], r) for p, rs in zip(prepared, ratios) for r in rs]))
+    tables = []
+    for index, (p, val) in enumerate(zip(prepared, vals)):
+        entries = {name: {"ratios": r, "block_metric": m, "val_fitness": v, "final": next(final)}
+                   for (name, (r, m)), v in zip(p["allocations"].items(), val)}
+        known = {ratio_key(e["ratios"]): e["final"][config.fitness_text] for e in entries.values()}
+        tables.append({"model": p["model"], "sparsity": p["sparsity"], "trained": True, "allocations": entries,
+                       "atp": p["atp"], "forms": forms_agreement(search, pool, config, index, known)})
+    return tables
 
 
-def final_perplexities(pool, config: RunConfig, model: str, ratios: list) -> list[dict]:
-    """Every report text (and the fitness text, more windows) after pruning with the final pruner.
+def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]]) -> list[dict]:
+    """Every report text (and the fitness text, more windows) after pruning with the final pruner;
+    `routed`: (model, ratios) pairs, each pruned by a worker of its model.
 
     The test texts are read here, after selection has ended, and nowhere else."""
     texts = [config.fitness_text, *config.report_texts]
-    jobs = [(r, config.final_pruner, texts, config.report_windows) for r in ratios]
-    return pool.map("final_perplexities", jobs, f"{config.final_pruner} on {model}", group=model)
+    jobs = [(model, (r, config.final_pruner, texts, config.report_windows)) for model, r in routed]
+    models = sorted({model for model, _ in routed})
+    return pool.map_routed("final_perplexities", jobs, f"{config.final_pruner} on {', '.join(models)}")
 
 
 def forms_agreement(search, pool, config: RunConfig, index: int, known: dict | None = None) -> dict:
@@ -183,7 +197,7 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
                 atp = atp_from_training(search, sparsity, len(sizes))
                 for name in config.report_baselines:
                     allocations[name] = tuple(pool.call("baseline", name, sparsity, atp["step"], group=model))
-                final = final_perplexities(pool, config, model, [r for r, _ in allocations.values()])
+                final = final_perplexities(pool, config, [(model, r) for r, _ in allocations.values()])
                 entries = {name: {"ratios": r, "block_metric": m, "val_fitness": None, "final": f}
                            for (name, (r, m)), f in zip(allocations.items(), final)}
                 out[f"{model}@{sparsity:g}"] = {"model": model, "sparsity": sparsity, "trained": False,
@@ -202,18 +216,22 @@ def atp_from_training(search, sparsity: float, n_blocks: int) -> dict:
     return {"lambda": lam, "step": legal[0] if legal else 0.0, "chosen_on": "training models"}
 
 
-def choose_atp_step(search, pool, index: int, n_blocks: int, sparsity: float, windows: int) -> dict:
-    """ATP's common difference: the grid point with the best validation fitness (cached for the
-    search's ATP seeds). Returns the grid, every point's fitness and the choice."""
-    group = search.targets[index].group
-    grid = atp_grid(n_blocks, sparsity, ATP_LAMBDAS)
-    ratios = [pool.call("baseline", "atp", sparsity, step, group=group)[0] for _, step in grid]
-    values = search.fitness(ratios, windows, "ATP grid", index)
-    best = min(range(len(grid)), key=values.__getitem__)
-    choice = {"grid": [{"lambda": lam, "step": step, "validation": value} for (lam, step), value in zip(grid, values)],
-              "lambda": grid[best][0], "step": grid[best][1], "sparsity": sparsity, "chosen_on": "validation"}
-    search.atp_choices = {**getattr(search, "atp_choices", {}), index: choice}
-    return choice
+def choose_atp_steps(search, pool, windows: int) -> list[dict]:
+    """ATP's common difference per target: the grid point with the best validation fitness
+    (cached for the search's ATP seeds), all targets' grids in one batch. Each choice records the
+    grid, every point's fitness and the choice."""
+    grids = [atp_grid(len(t.sizes), t.sparsity, ATP_LAMBDAS) for t in search.targets]
+    requests = [(index, [pool.call("baseline", "atp", t.sparsity, step, group=t.group)[0] for _, step in grid])
+                for index, (t, grid) in enumerate(zip(search.targets, grids))]
+    choices = []
+    for t, grid, values in zip(search.targets, grids, search.fitness_on(requests, windows, "ATP grid")):
+        best = min(range(len(grid)), key=values.__getitem__)
+        choices.append({"grid": [{"lambda": lam, "step": step, "validation": value}
+                                 for (lam, step), value in zip(grid, values)],
+                        "lambda": grid[best][0], "step": grid[best][1], "sparsity": t.sparsity,
+                        "chosen_on": "validation"})
+    search.atp_choices = dict(enumerate(choices))
+    return choices
 
 
 def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
@@ -224,8 +242,7 @@ def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
                     "startup_s": round(getattr(pool, "startup_s", 0.0), 1),
                     "reruns": getattr(pool, "reruns", 0)}  # jobs run again after their worker was lost
     tables = {}
-    for index in range(len(search.targets)):
-        table = target_report(search, pool, config, index, best)
+    for table in target_reports(search, pool, config, best):
         tables[f"{table['model']}@{table['sparsity']:g}"] = table
     per_block = config.search.mode == "per-block"
     if not per_block and config.holdout:

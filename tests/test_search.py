@@ -221,6 +221,27 @@ def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
     session.restore()
 
 
+def test_report_prunes_an_allocation_equal_to_another_once(bench, tmp_path):
+    """The report's final-pruner batch: a searched ramp equal to ATP's on the same model is pruned
+    once and both get that result; a different allocation is pruned on its own."""
+    from dsa.distributed.pool import InProcessPool
+    from dsa.distributed.worker import Worker
+
+    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
+    n = pool.workers["m"].session.n_blocks
+    uniform = [0.7] * n
+    ramp = [0.6 + 0.2 * i / (n - 1) for i in range(n)]
+    batches = []
+    map_routed = pool.map_routed
+    pool.map_routed = lambda method, jobs, desc=None: batches.append(len(jobs)) or map_routed(method, jobs, desc)
+    config = tiny_run_config(tmp_path, "dedup")
+    rows = runner.final_perplexities(pool, config, [("m", ramp), ("m", uniform), ("m", [r + 1e-12 for r in ramp])])
+    assert batches == [2]
+    assert rows[0] == rows[2] and rows[0] != rows[1]
+    assert rows[0]["wiki/test"] < rows[1]["wiki/test"]  # the ramp beats uniform at 70 % on SmolLM2
+    pool.workers["m"].session.restore()
+
+
 def test_sequential_fitness_form_scores_full_evaluations_with_the_final_pruner(bench):
     """--fitness-form sequential: a full evaluation's fitness is the perplexity of the model pruned
     by sequential Wanda on the same windows (computed here by hand); screening stays cached, and

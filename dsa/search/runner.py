@@ -133,9 +133,16 @@ def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]]) 
 
     The test texts are read here, after selection has ended, and nowhere else."""
     texts = [config.fitness_text, *config.report_texts]
-    jobs = [(model, (r, config.final_pruner, texts, config.report_windows)) for model, r in routed]
+    # An allocation equal to another on the same model to 1e-9 (a searched ramp that is ATP's)
+    # is pruned once: the final pruner is deterministic, and keeps whole weights, given the ratios.
+    keys = [(model, tuple(round(float(x), 9) for x in r)) for model, r in routed]
+    unique = list(dict.fromkeys(keys))
+    first = {key: routed[keys.index(key)] for key in unique}
+    jobs = [(model, (r, config.final_pruner, texts, config.report_windows)) for model, r in first.values()]
     models = sorted({model for model, _ in routed})
-    return pool.map_routed("final_perplexities", jobs, f"{config.final_pruner} on {', '.join(models)}")
+    measured = pool.map_routed("final_perplexities", jobs, f"{config.final_pruner} on {', '.join(models)}")
+    by_key = dict(zip(unique, measured))
+    return [by_key[key] for key in keys]
 
 
 def forms_agreement(search, pool, config: RunConfig, index: int, known: dict | None = None) -> dict:

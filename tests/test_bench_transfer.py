@@ -1,0 +1,29 @@
+"""bench/transfer_table.py: the leave-one-out table BENCHMARKS.md prints, from the reports' JSON."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dsa.outputs.comparison import write_comparison
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_transfer_table_row_equals_a_hand_computation(tmp_path):
+    final = {"best": 240.0, "uniform": 480.0, "owl": 440.0, "alphapruning": 700.0, "atp": 250.0}
+    report = {"config": {"report_texts": ["wiki/test"]}, "targets": {
+        "a@0.7": {"trained": True, "allocations": {}},
+        "c@0.7": {"trained": False, "atp": {"lambda": 0.12},
+                  "allocations": {name: {"final": {"wiki/test": v}} for name, v in final.items()}}}}
+    (tmp_path / "loo-c").mkdir()
+    (tmp_path / "loo-c" / "report.json").write_text(json.dumps(report))
+    grid = [{"lambda": 0.08, "step": 0.01, "wiki/validation": 190.0}, {"lambda": 0.12, "step": 0.015, "wiki/validation": 200.0}]
+    write_comparison(tmp_path / "own-c", "c", "wanda", {"wiki/validation": 20.0, "wiki/test": 25.0},
+                     [{"sparsity": 0.7, "method": "atp", "achieved": 0.7, "wiki/validation": 190.0, "wiki/test": 230.0}],
+                     {("atp", 0.7): [0.65, 0.75]}, {"0.7": {"step": 0.01, "grid": grid, "chosen_on": "wiki/validation"}})
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "transfer_table.py"), str(tmp_path / "loo-c"),
+                          "--own-atp", f"c={tmp_path / 'own-c'}"], capture_output=True, text=True, check=True).stdout
+    row = out.strip().splitlines()[-1]
+    # 240 / 480 - 1 = -50.0 %; the strongest fixed rule is ATP (250): 240 / 250 - 1 = -4.0 %
+    assert row == ("| c (70%) | a | 240.00 | 480.00 | 440.00 | 700.00 | 250.00 (lambda 0.12) | -50.0 % "
+                   "| -4.0 % (atp) | 230.00 (lambda 0.08) |")

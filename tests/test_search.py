@@ -343,3 +343,26 @@ def test_seeds_replay_as_function_files(bench):
     atp = torch.tensor(search.ratios_of(search.individual(seed_names("atp@0.08"))), dtype=torch.float64)
     steps = atp[1:] - atp[:-1]
     assert torch.allclose(steps, torch.full_like(steps, 0.16 / (n - 1)), rtol=0, atol=1e-12)
+
+
+def test_held_out_atp_takes_the_lambda_best_over_all_training_models():
+    """Two training models that prefer different lambdas (the grids measured in the leave-one-out
+    rotation with SmolLM2 held out): the held-out model gets the lambda with the lowest summed
+    log validation perplexity, 0.12 (ln 177.23 + ln 206.71 = 10.509 < ln 175.40 + ln 214.06 = 10.533),
+    not the first model's choice."""
+    from types import SimpleNamespace
+
+    from dsa.allocation.baselines import atp_grid
+    from dsa.allocation.constants import ATP_LAMBDAS
+
+    def choice(values):
+        grid = [{"lambda": lam, "validation": v} for lam, v in zip(ATP_LAMBDAS, values)]
+        return {"grid": grid, "sparsity": 0.7, "lambda": ATP_LAMBDAS[values.index(min(values))]}
+
+    gemma = choice([197.58, 184.10, 177.23, 175.40, 208.26, 307.93])  # prefers 0.15
+    qwen = choice([224.99, 230.35, 206.71, 214.06, 407.73, 1913.37])  # prefers 0.12
+    search = SimpleNamespace(atp_choices={0: gemma, 1: qwen})
+    held = runner.atp_from_training(search, 0.7, 30)
+    assert ATP_LAMBDAS == (0.04, 0.08, 0.12, 0.15, 0.2, 0.25)
+    assert held["lambda"] == 0.12
+    assert held["step"] == dict(atp_grid(30, 0.7, ATP_LAMBDAS))[0.12]

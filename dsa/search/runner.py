@@ -8,7 +8,7 @@ gives the search's own form (validation fitness, cached Wanda) and the final pru
 from __future__ import annotations
 
 import dataclasses
-import statistics
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,9 +216,16 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
 
 def atp_from_training(search, sparsity: float, n_blocks: int) -> dict:
     """ATP on a held-out model: the spread (lambda) chosen on the training models' validation,
-    as a replayed function would get it; its step follows from the held-out model's depth."""
+    as a replayed function would get it; its step follows from the held-out model's depth.
+
+    The lambda is the one the multi-model search would select: the lowest mean over training
+    models of log(validation perplexity), i.e. of log(ppl / ppl of uniform) up to a constant."""
     chosen = [t for t in getattr(search, "atp_choices", {}).values() if t["sparsity"] == sparsity]
-    lam = statistics.mode([c["lambda"] for c in chosen]) if chosen else ATP_LAMBDAS[0]
+    lam = ATP_LAMBDAS[0]
+    if chosen:
+        lambdas = [point["lambda"] for point in chosen[0]["grid"]]
+        lam = min(lambdas, key=lambda l: sum(math.log(next(p["validation"] for p in c["grid"] if p["lambda"] == l))
+                                             for c in chosen))
     legal = [step for lam_, step in atp_grid(n_blocks, sparsity, ATP_LAMBDAS) if lam_ == lam]
     return {"lambda": lam, "step": legal[0] if legal else 0.0, "chosen_on": "training models"}
 

@@ -1,5 +1,6 @@
 """Ray workers on a simulated two-machine cluster: a search loses nothing when one worker's
 process is killed, or when a whole node disappears."""
+import contextlib
 import logging
 import os
 import signal
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import dataclasses
 
+import psutil
 import pytest
 import ray
+from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
 from dsa.search import runner
@@ -102,9 +105,19 @@ def test_lost_node_changes_nothing(two_nodes, calm, tmp_path, monkeypatch, capsy
     head's worker; the lost worker, which no node has room to restart, is dropped after the
     bounded wait with one warning; the search ends on the head with the same result."""
     (second,) = two_nodes.worker_nodes
-    # The machine is gone: every process of the node is SIGKILLed (Cluster.remove_node would also
-    # draw from this process's global random numbers, which the search's own draws depend on).
-    lose_node = lambda: second.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+    raylet = second.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+    def lose_node():
+        """The machine is gone: every process of the node is SIGKILLed (Cluster.remove_node would
+        also draw from this process's global random numbers, which the search's own draws depend on).
+        The node's workers are the raylet's children, not its tracked processes: killed here too, or
+        one goes on answering for seconds and its loss may come only after the search."""
+        workers = psutil.Process(raylet).children(recursive=True)
+        second.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+
     original_map = RayPool.map_routed
 
     def map_and_lose_node(pool, method, jobs, desc=None):

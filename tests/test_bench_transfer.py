@@ -1,4 +1,4 @@
-"""bench/transfer_table.py: the leave-one-out table BENCHMARKS.md prints, from the reports' JSON."""
+"""bench/transfer_table.py and bench/seed_table.py: the tables BENCHMARKS.md prints, from the reports' JSON."""
 import json
 import subprocess
 import sys
@@ -27,3 +27,27 @@ def test_transfer_table_row_equals_a_hand_computation(tmp_path):
     # 240 / 480 - 1 = -50.0 %; the strongest fixed rule is ATP (250): 240 / 250 - 1 = -4.0 %
     assert row == ("| c (70%) | a | 240.00 | 480.00 | 440.00 | 700.00 | 250.00 (lambda 0.12) | -50.0 % "
                    "| -4.0 % (atp) | 230.00 (lambda 0.08) |")
+
+
+def test_seed_table_means_and_spreads_equal_a_hand_computation(tmp_path):
+    runs = {"fn-0": (None, False, 170.0, 230.0, 260.0), "fn-1": (None, False, 180.0, 250.0, 280.0),
+            "pb-0": ("per-block", False, 150.0, 300.0, 330.0)}
+    folders = []
+    for name, (mode, random_search, fitness, validation, test) in runs.items():
+        report = {"config": {"search": {"mode": mode, "random_search": random_search, "seed": int(name[-1])},
+                             "report_texts": ["wiki/test"], "fitness_text": "wiki/validation"},
+                  "best": {"val_ppl": fitness}, "evaluations": 60, "windows_evaluated": 200, "wall_s": 190.0,
+                  "targets": {"smollm2-135m@0.7": {"allocations": {
+                      "best": {"final": {"wiki/validation": validation, "wiki/test": test}},
+                      "uniform": {"final": {"wiki/validation": 600.0, "wiki/test": 680.0}}}}}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+        folders.append(str(tmp_path / name))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "seed_table.py"), *folders],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    # fn: mean 175 / 240 / 270, population sd 5 / 10 / 10
+    assert "| function (evolution) | 2 | 175.00 ± 5.00 (170.00-180.00) | 240.00 ± 10.00 (230.00-250.00) " \
+           "| 270.00 ± 10.00 (260.00-280.00) | 60 |" in out
+    assert "| per-block | 1 | 150.00 ± 0.00 (150.00-150.00) | 300.00 ± 0.00 (300.00-300.00) " \
+           "| 330.00 ± 0.00 (330.00-330.00) | 60 |" in out
+    assert out[-1] == "uniform on wiki/test (final pruner), as each report measured it: 680.00"

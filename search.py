@@ -14,6 +14,7 @@ the --holdout models, which the search never reads.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -114,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--rank-check", type=_count, default=r.rank_check,
                    help="distinct allocations of the final population re-measured with the final pruner on "
                         "validation, for the rank agreement of the two forms (0: skip) (default: %(default)s)")
+    f.add_argument("--final-select", type=_count, default=None, metavar="K",
+                   help="prune the final population's K best distinct allocations again with the final pruner on "
+                        "the training models' validation text and report the best of them, where the search's "
+                        "cached form ties candidates; costs K final-pruner runs per training model, one more for uniform "
+                        "with several models (0: report the search's own best; with --resume it may be changed) (default: %d)" % r.final_select)
     e = p.add_argument_group("evolution")
     e.add_argument("--generations", type=_positive, default=None,
                    help=f"(default: {d.generations}; with --resume: extend the run to this many)")
@@ -181,6 +187,7 @@ def config_from_args(args) -> RunConfig:
                      checkpoint_dir=args.checkpoint_dir, bench=bench, search=search,
                      models=models if len(models) > 1 else (), holdout=tuple(dict.fromkeys(args.holdout)),
                      final_pruner=args.final_pruner, rank_check=args.rank_check,
+                     final_select=RunConfig.final_select if args.final_select is None else args.final_select,
                      report_baselines=tuple(dict.fromkeys(args.report_baselines)))
 
 
@@ -210,9 +217,15 @@ def main(argv: list[str] | None = None) -> None:
         if not args.resume.strip():
             raise UserError("--resume needs the checkpoint directory of a run (it was empty)")
         config, state = resume_from(args.resume, args.generations)
+        if args.final_select is not None:  # how the report chooses, not what the search did
+            config = dataclasses.replace(config, final_select=args.final_select)
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
     else:
         config, state = config_from_args(args), None
+    if config.final_select == 1:
+        raise UserError("--final-select compares K >= 2 allocations (0: report the search's own best)")
+    if config.final_select and config.search.mode == "per-block":
+        raise UserError("--final-select chooses among functions; a per-block search has none")
     if args.workers == 0 and args.address:
         raise UserError("--address needs Ray workers; drop --workers 0")
     check_output_dir(config.results_dir, "--results-dir")

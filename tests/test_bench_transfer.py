@@ -51,3 +51,50 @@ def test_seed_table_means_and_spreads_equal_a_hand_computation(tmp_path):
     assert "| per-block | 1 | 150.00 ± 0.00 (150.00-150.00) | 300.00 ± 0.00 (300.00-300.00) " \
            "| 330.00 ± 0.00 (330.00-330.00) | 60 |" in out
     assert out[-1] == "uniform on wiki/test (final pruner), as each report measured it: 680.00"
+
+
+def test_seed_table_of_a_held_out_target_uses_the_multi_model_score(tmp_path):
+    folders = []
+    for name, random_search, score, test in (("evo-0", False, -0.274, 117.0), ("evo-1", False, -0.272, 97.0),
+                                             ("rnd-0", True, -0.270, 99.0)):
+        final = {"best": {"final": {"wiki/validation": test - 20, "wiki/test": test}},
+                 "uniform": {"final": {"wiki/validation": 83.0, "wiki/test": 104.0}}}
+        report = {"config": {"search": {"mode": "function", "random_search": random_search, "seed": int(name[-1])},
+                             "report_texts": ["wiki/test"], "fitness_text": "wiki/validation"},
+                  "best": {"val_ppl": 87.0}, "history": [{"best": 0.0}, {"best": score}], "evaluations": 50,
+                  "windows_evaluated": 120, "wall_s": 600.0,
+                  "targets": {"a@0.6": {"trained": True, "allocations": {}}, "b@0.6": {"trained": True, "allocations": {}},
+                              "c@0.6": {"trained": False, "allocations": final}}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+        folders.append(str(tmp_path / name))
+    script = [sys.executable, str(ROOT / "bench" / "seed_table.py"), *folders]
+    out = subprocess.run(script + ["--target", "c@0.6"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "| evo-1 | function (evolution) | 1 | -0.272 | 77.00 | 97.00 | 50 | 120 | 600 |" in out
+    # evolution: scores -0.274, -0.272 -> mean -0.273, sd 0.001; tests 117, 97 -> mean 107, sd 10
+    assert "| function (evolution) | 2 | -0.273 ± 0.001 (-0.274 to -0.272) | 87.00 ± 10.00 (77.00-97.00) " \
+           "| 107.00 ± 10.00 (97.00-117.00) | 50 |" in out
+    missing = subprocess.run(script + ["--target", "d@0.6"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "has no target d@0.6" in missing.stderr
+
+
+def test_atp_selection_rules_equal_a_hand_computation(tmp_path):
+    # Validation perplexity per lambda; uniform is 100 on a and b, 50 on c.
+    grids = {"a": {0.04: 90.0, 0.08: 80.0}, "b": {0.04: 95.0, 0.08: 104.0}, "c": {0.04: 40.0, 0.08: 45.0}}
+    uniform = {"a": 100.0, "b": 100.0, "c": 50.0}
+    specs = []
+    for model, grid in grids.items():
+        folder = tmp_path / f"own-{model}"
+        folder.mkdir()
+        points = [{"lambda": lam, "step": lam / 10, "wiki/validation": v} for lam, v in grid.items()]
+        (folder / "atp.json").write_text(json.dumps({"0.6": {"step": 0.0, "grid": points, "chosen_on": "wiki/validation"}}))
+        specs.append(f"{model}={folder}")
+    report = {"config": {"fitness_text": "wiki/validation"}, "targets": {
+        f"{m}@0.6": {"allocations": {"uniform": {"final": {"wiki/validation": u}}}} for m, u in uniform.items()}}
+    (tmp_path / "loo").mkdir()
+    (tmp_path / "loo" / "report.json").write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "atp_selection.py"), str(tmp_path / "loo"),
+                          "--own-atp", *specs], capture_output=True, text=True, check=True).stdout.splitlines()
+    # c held out, trained on a, b. Log ratios: 0.04 -> (-0.105, -0.051), 0.08 -> (-0.223, +0.039).
+    # Mean: 0.04 -0.078, 0.08 -0.092 -> 0.08. Worst: 0.04 -0.051, 0.08 +0.039 -> 0.04.
+    assert out[-1] == "| c | a, b | 0.08 | 0.04 | 45.00 | 40.00 | 40.00 (0.04) | 50.00 |"

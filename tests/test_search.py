@@ -221,6 +221,46 @@ def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
     session.restore()
 
 
+def test_final_select_scores_candidates_like_the_search_with_the_final_pruner(bench, tmp_path):
+    """--final-select over two targets (one model at 60 % and 70 %): each candidate's score is the
+    mean over targets of log(final-pruner ppl / uniform's), from the measured perplexities; the
+    lowest is reported, whatever the search's own order."""
+    from dsa.distributed.pool import InProcessPool
+    from dsa.distributed.worker import Worker
+    from dsa.search.evolution import Target
+    from dsa.search.final_select import final_select
+    from dsa.search.fitness import PoolEvaluator
+
+    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
+    session = pool.workers["m"].session
+    features = features_on(session.block_matrices, session.n_blocks)
+    targets = [Target("m", s, bench.sizes, features, f"m@{s:g}|") for s in (0.6, 0.7)]
+    search = Search(SearchConfig(), None, None, PoolEvaluator(pool, {"m": session.tokens_per_window}, "ppl"),
+                    targets=targets)
+    # The search ranked OWL first, AlphaPruning second, OWL again (a duplicate) third.
+    search.population = [search.individual(seed_names(name)) for name in ("owl", "alphapruning", "owl")]
+    for ind, value in zip(search.population, (-0.3, -0.2, -0.1)):
+        ind.fitness.values = (value,)
+    measured = []
+
+    def measure(*args):
+        measured.append((args[2], runner.final_perplexities(*args)))
+        return measured[-1][1]
+
+    config = dataclasses.replace(tiny_run_config(tmp_path, "select"), final_select=3)
+    chosen, record = final_select(search, pool, config, measure)
+    (routed, rows), = measured  # one batch, validation only
+    assert all(set(row) == {"wiki/validation"} for row in rows) and len(routed) == 6  # 2 candidates + uniform, x2
+    ppl = [row["wiki/validation"] for row in rows]
+    by_hand = [(math.log(ppl[i] / ppl[2]) + math.log(ppl[3 + i] / ppl[5])) / 2 for i in range(2)]
+    assert [c["final_score"] for c in record["candidates"]] == pytest.approx(by_hand, rel=1e-12)
+    assert record["chosen"] == by_hand.index(min(by_hand))
+    assert chosen is search.population[record["chosen"]]
+    assert record["candidates"][1]["final_validation"] == {"m@0.6": ppl[1], "m@0.7": ppl[4]}
+    assert 20 < min(ppl) and max(ppl) < 5000  # sequential Wanda at 60-70 % on SmolLM2, 256-token windows
+    session.restore()
+
+
 def test_report_prunes_an_allocation_equal_to_another_once(bench, tmp_path):
     """The report's final-pruner batch: a searched ramp equal to ATP's on the same model is pruned
     once and both get that result; a different allocation is pruned on its own."""
@@ -288,11 +328,24 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
 
     monkeypatch.setattr(Workbench, "__init__", recording_init)
     monkeypatch.setattr(evolution.Search, "run", run_then_mark)
+    # Texts read from the end of the search until the report starts: the --final-select step's.
+    reads, reporting = [], {"on": False}
+    windows, reports = bench.windows, runner.target_reports
+    monkeypatch.setattr(bench, "windows", lambda text, count: reads.append((text, phase["selection"] or reporting["on"]))
+                        or windows(text, count))
+    monkeypatch.setattr(runner, "target_reports", lambda *args: reporting.update(on=True) or reports(*args))
     config = dataclasses.replace(tiny_run_config(tmp_path, "holdout"), holdout=(other,), rank_check=0,
-                                 report_baselines=("uniform", "atp"),
+                                 report_baselines=("uniform", "atp"), final_select=2,
                                  search=dataclasses.replace(TINY, generations=1))
     report = runner.run(config, bench=bench)
     assert loads == [(other, False)]  # the trained model is the shared bench; the held-out one came after
+    # --final-select chose the reported function on the training model's validation text only.
+    selection = report["final_select"]
+    assert selection["count"] == 2 and {text for text, other_phase in reads if not other_phase} <= {"wiki/validation"}
+    scores = [c["final_score"] for c in selection["candidates"]]
+    assert selection["chosen"] == scores.index(min(scores)) and scores[0] != scores[1]
+    trained = report["targets"][f"{bench.config.model}@0.7"]["allocations"]["best"]["final"]["wiki/validation"]
+    assert min(scores) == pytest.approx(trained, rel=1e-9)  # the reported best is the chosen one
     rows = {row["target"]: row for row in report["transfer"]}
     assert rows[f"{other}@0.7"]["trained"] is False and rows[f"{bench.config.model}@0.7"]["trained"] is True
     # Same weights, same function: the replay on the "held-out" copy gives the same ratios.

@@ -116,6 +116,13 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
             lines.append(f"Search's form vs {pruner}: Spearman {forms['spearman']:.2f} over the final population's "
                          f"{forms['count']} best distinct allocations.")
         lines.append("")
+    selection = counters.get("final_select", {})
+    if selection.get("count", 0) >= 2:
+        rows = [f"| {i + 1} | {c['search_score']:.4f} | {c['final_score']:.4f} |{' **reported**' if i == selection['chosen'] else ''}"
+                for i, c in enumerate(selection["candidates"])]
+        lines += [f"Reported function chosen with {pruner} on {selection['text']} among the final population's "
+                  f"{selection['count']} best distinct allocations (training models only):", "",
+                  "| search rank | search's score | final pruner's score |", "|---|---|---|", *rows, ""]
     lines += [f"evaluations {counters['evaluations']}, cache hits {counters['cache_hits']}, feature cache hits "
               f"{counters['feature_cache_hits']}, wall {counters['wall_s']:.0f} s", ""]
     return lines

@@ -24,6 +24,7 @@ from evaluators.workbench import BenchConfig, Workbench, check_config, check_tex
 
 from . import checkpoint
 from .evolution import Search, SearchConfig, SearchState, Target
+from .final_select import final_select
 from .fitness import PoolEvaluator, ratio_key
 from .perblock import PerBlockSearch
 from .report import write_report
@@ -46,6 +47,7 @@ class RunConfig:
     holdout: tuple = ()         # models replayed after the search only, never read during selection
     final_pruner: str = "wanda"  # the report's truth: sequential Wanda, as the papers prune
     rank_check: int = 4         # distinct final-population allocations re-measured with the final pruner
+    final_select: int = 0       # >= 2: the reported function is the best of this many under the final pruner
     report_baselines: tuple = REPORT_BASELINES  # the baselines the report prunes beside the best
 
     def as_dict(self) -> dict:
@@ -127,12 +129,12 @@ def target_reports(search, pool, config: RunConfig, best) -> list[dict]:
     return tables
 
 
-def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]]) -> list[dict]:
+def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]], texts: list | None = None) -> list[dict]:
     """Every report text (and the fitness text, more windows) after pruning with the final pruner;
-    `routed`: (model, ratios) pairs, each pruned by a worker of its model.
+    `routed`: (model, ratios) pairs, each pruned by a worker of its model; `texts`: only these.
 
     The test texts are read here, after selection has ended, and nowhere else."""
-    texts = [config.fitness_text, *config.report_texts]
+    texts = texts or [config.fitness_text, *config.report_texts]
     # An allocation equal to another on the same model to 1e-9 (a searched ramp that is ATP's)
     # is pruned once: the final pruner is deterministic, and keeps whole weights, given the ratios.
     keys = [(model, tuple(round(float(x), 9) for x in r)) for model, r in routed]
@@ -250,7 +252,8 @@ def choose_atp_steps(search, pool, windows: int) -> list[dict]:
 
 def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
     """Evaluate the best and the baselines on every target, and on the held-out models; write results/<name>/."""
-    best = search.best()
+    per_block = config.search.mode == "per-block"
+    best, selection = (search.best(), {"count": 0}) if per_block else final_select(search, pool, config, final_perplexities)
     # Workers still in the rotation: one lost with its node and not yet dropped does not count.
     workers_info = {"kind": type(pool).__name__, "count": pool.size - len(getattr(pool, "lost", ())),
                     "startup_s": round(getattr(pool, "startup_s", 0.0), 1),
@@ -258,7 +261,6 @@ def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
     tables = {}
     for table in target_reports(search, pool, config, best):
         tables[f"{table['model']}@{table['sparsity']:g}"] = table
-    per_block = config.search.mode == "per-block"
     if not per_block and config.holdout:
         pool.release()  # the held-out models take the training models' cores or GPUs
         tables.update(holdout_report(search, config, best, workers, address))
@@ -267,7 +269,7 @@ def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
                 "cache_hits": state.cache_hits, "feature_cache_hits": state.feature_cache_hits,
                 "invalid_functions": state.invalid, "distinct_features": len(state.features),
                 "generations": state.generation, "wall_s": round(state.wall_s, 1), "history": state.history,
-                "workers": workers_info}
+                "workers": workers_info, "final_select": selection}
     label = "per-block search" if per_block else "random search" if config.search.random_search else "evolution"
     function = None if per_block else from_root(search.root(best))
     return write_report(Path(config.results_dir) / config.name, function, tables, state.history, counters,

@@ -19,7 +19,8 @@ from pathlib import Path
 from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.allocation.baselines import atp_grid
 from dsa.allocation.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
-from dsa.functions.files import describe, importance_expr, map_of, same_formula
+from dsa.functions.files import describe, importance_expr, map_of, same_formula, with_map_constant
+from dsa.functions.genome import EPS_GRID, LAMBDA_MAPS
 from dsa.functions.replay import function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
@@ -71,7 +72,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atp-step", type=float, default=None,
                         help="ATP's common difference (default: chosen on --atp-text from a grid, with the final pruner)")
     parser.add_argument("--atp-text", default="wiki/validation",
-                        help="validation text ATP's difference is chosen on (default: %(default)s)")
+                        help="validation text ATP's difference (and --tune-spread's constant) is chosen on "
+                             "(default: %(default)s)")
 
 
 def _session(args) -> EvaluationSession:
@@ -107,6 +109,33 @@ def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[
                                                                       "chosen_on": args.atp_text}
 
 
+def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[dict, dict]:
+    """The function with its map constant chosen like ATP's difference: each value of the grid
+    (ATP's lambdas for a lambda map, the eps grid for AlphaPruning's) pruned with the final pruner,
+    the lowest perplexity on --atp-text kept. The shape stays the function's; the model sets the
+    amplitude."""
+    kind, own = map_of(function)
+    grid = []
+    for value in ATP_LAMBDAS if kind in LAMBDA_MAPS else EPS_GRID:
+        tuned = with_map_constant(function, value)
+        try:
+            ratios, _ = function_ratios(tuned, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
+        except ValueError as err:  # ratios outside [0, 1) at this amplitude: not a candidate
+            grid.append({"value": value, "invalid": str(err)})
+            continue
+        session.prune(ratios, args.pruner, nm, args.wanda_form)
+        ppl = session.perplexities([args.atp_text], args.eval_windows, f"{kind} {value:g}")[args.atp_text]
+        grid.append({"value": value, args.atp_text: ppl})
+    scored = [row for row in grid if args.atp_text in row]
+    if not scored:
+        raise UserError(f"no constant of the grid gives valid ratios at sparsity {args.sparsity:g}")
+    chosen = min(scored, key=lambda row: row[args.atp_text])
+    print(f"--tune-spread: {kind} map constant {chosen['value']:g} chosen on {args.atp_text} (the file's: {own:g}; "
+          + ", ".join(f"{row['value']:g} {row[args.atp_text]:.2f}" for row in scored) + ")", file=sys.stderr)
+    return with_map_constant(function, chosen["value"]), {"file_constant": own, "chosen": chosen["value"],
+                                                          "chosen_on": args.atp_text, "grid": grid}
+
+
 def _ratios(args, session: EvaluationSession, function, nm):
     """(ratios, per-block metric, options used) of the chosen function or baseline."""
     if function is not None:
@@ -133,6 +162,9 @@ def _check_before_loading(args):
     """Everything a user can get wrong without a model fails here, in seconds, before any pruning."""
     _check_options(args)
     function = load_function(args.function) if args.function else None
+    if args.tune_spread and (function is None or args.structure):
+        raise UserError("--tune-spread tunes a function's map constant: it needs --function, and no --structure "
+                        "(N:M prunes every block alike)")
     if args.save:
         check_save_dir(args.save)
     if args.export_llmcompressor:
@@ -204,6 +236,9 @@ def run(args) -> dict:
     start = time.perf_counter()
     session = _session(args)
     bench = session.bench
+    tuning = None
+    if args.tune_spread:
+        function, tuning = _tune_spread(args, session, function, nm)
     ratios, metric, options = _ratios(args, session, function, nm)
     label = "function" if function is not None else args.allocation
     dense = session.perplexities(args.eval, args.eval_windows, "dense")
@@ -220,7 +255,7 @@ def run(args) -> dict:
     report = {
         "model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
         "structure": args.structure or "unstructured", "allocation": label, "function": function,
-        "options": options, "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
+        "options": options, "tune_spread": tuning, "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
         "ratios": ratios, "block_metric": metric, "dense_ppl": dense, "ppl": result["ppl"],
         "uniform_ppl": uniform["ppl"] if uniform else None,
         "uniform": {k: uniform[k] for k in ("achieved_sparsity", "ratios")} if uniform else None,
@@ -330,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--function", default=None, metavar="FILE", help="a discovered function (results/<run>/best.json)")
     prune.add_argument("--sparsity", type=_sparsity, default=0.5, help="global sparsity in (0, 1) (default: %(default)s)")
     prune.add_argument("--json", default=None, help="write the JSON report here")
+    prune.add_argument("--tune-spread", action="store_true",
+                       help="with --function: choose its map constant (lambda, or eps) on --atp-text with the final "
+                            "pruner, from the grid ATP's difference is chosen on: the function's shape, this "
+                            "model's amplitude (one prune per grid value); the report keeps the tuned function")
     prune.add_argument("--no-uniform", action="store_true",
                        help="with --function: skip pruning with uniform ratios for comparison")
     prune.add_argument("--save", default=None, metavar="DIR",

@@ -20,6 +20,7 @@ import re
 import time
 from pathlib import Path
 
+from dsa.functions.genome import OPERANDS
 from dsa.search import checkpoint
 from dsa.search.evolution import FITNESS_FORMS, SearchConfig, SearchState, check_state
 from dsa.search.runner import REPORT_BASELINES, RunConfig, run
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: %(default)s)")
     e.add_argument("--arithmetic", action="store_true", help="allow reductions joined by + - * / (beyond DSA)")
     e.add_argument("--random-search", action="store_true", help="random functions instead of evolution, same budget")
+    e.add_argument("--operands", nargs="+", choices=OPERANDS, default=None, metavar="NAME",
+                   help=f"the operands functions may read, of {', '.join(OPERANDS)} (default: all); "
+                        "`--operands depth` searches functions of block depth alone, whose ratios follow the "
+                        "model's shape and no score statistic; seeds reading other operands are left out")
     e.add_argument("--per-block", action="store_true",
                    help="evolve the per-block ratio vector itself (EvoPress-style (1+lambda) level switches) "
                         "instead of a function: a per-model reference at the same evaluation budget")
@@ -176,8 +181,10 @@ def config_from_args(args) -> RunConfig:
                           random_search=args.random_search, fitness_windows=args.fitness_windows,
                           screen_windows=args.screen_windows, mode="per-block" if args.per_block else "function",
                           level_step=args.level_step, max_switches=args.max_switches,
-                          fitness_form=args.fitness_form,
+                          fitness_form=args.fitness_form, operands=tuple(args.operands or ()),
                           sparsities=tuple(dict.fromkeys(args.sparsities or [])))
+    if args.per_block and args.operands:
+        raise UserError("--operands restricts a function search; a per-block search reads none")
     if args.per_block and args.random_search:
         raise UserError("--per-block and --random-search are two different searches; choose one")
     suffix = "-random" if args.random_search else "-perblock" if args.per_block else ""

@@ -437,6 +437,8 @@ def test_too_large_file_and_bad_flags(capsys, tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     code, _, err = run_main(capsys, "--save", str(tmp_path / "taken"))
     assert code == 2 and "not empty" in err
+    code, _, err = run_main(capsys, "--tune-spread")
+    assert code == 2 and "needs --function" in err
 
 
 # ---------------------------------------------------------------- compare
@@ -472,3 +474,35 @@ def test_compare_chooses_atp_on_validation_and_records_its_grid(bench, capsys, m
 def csv_rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeypatch, tmp_path):
+    """`--tune-spread` on ATP's ramp as a function file (depth through DSA's map) prunes every
+    lambda of ATP's grid and keeps the lowest on the validation text: the grid's perplexities are
+    `compare --allocations atp`'s, the chosen lambda is ATP's, and the report keeps the tuned file."""
+    ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
+            "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.04}}
+    path = write_function(tmp_path / "ramp.json", json.dumps(ramp))
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    fast = ("--sparsity", "0.7", "--wanda-form", "cached", "--eval", "wiki/validation", "--eval-windows", "1")
+    try:
+        code, _, err = run_main(capsys, "--function", str(path), "--tune-spread", "--no-uniform", *fast,
+                                "--json", str(tmp_path / "tuned.json"))
+        assert code == 0, err
+        code_atp, _, err_atp = run_main(capsys, "compare", "--allocations", "atp", *fast, "--out", str(tmp_path / "cmp"))
+        assert code_atp == 0, err_atp
+    finally:
+        bench.pruner.restore()
+    report = json.loads((tmp_path / "tuned.json").read_text())
+    tuning = report["tune_spread"]
+    atp = json.loads((tmp_path / "cmp" / "atp.json").read_text())["0.7"]
+    assert [row["value"] for row in tuning["grid"]] == [row["lambda"] for row in atp["grid"]]
+    assert [row["wiki/validation"] for row in tuning["grid"]] == pytest.approx(
+        [row["wiki/validation"] for row in atp["grid"]], rel=1e-9)
+    best = min(tuning["grid"], key=lambda row: row["wiki/validation"])
+    chosen_atp = min(atp["grid"], key=lambda row: row["wiki/validation"])
+    assert tuning["chosen"] == best["value"] == chosen_atp["lambda"] and tuning["file_constant"] == 0.04
+    assert report["function"]["map"] == {"kind": "dsa", "lambda": best["value"]}
+    assert report["ppl"]["wiki/validation"] == pytest.approx(best["wiki/validation"], rel=1e-9)
+    assert f"dsa map constant {best['value']:g} chosen on wiki/validation" in err
+

@@ -75,6 +75,7 @@ def run_search(capsys, *argv):
     (("--resume", ""), "--resume needs the checkpoint directory"),
     (("--per-block", "--random-search"), "choose one"),
     (("--final-select", "1"), "K >= 2"), (("--per-block", "--final-select", "3"), "a per-block search has none"),
+    (("--per-block", "--operands", "depth"), "a per-block search reads none"),
 ])
 def test_search_options_refused_before_any_work(capsys, argv, message):
     code, line = run_search(capsys, *argv)

@@ -13,7 +13,7 @@ from dsa.functions.genome import SEEDS, seed_names
 from dsa.functions.pipeline import features_on, prefix_values
 from dsa.functions.replay import function_ratios, load_function
 from dsa.search import checkpoint, runner
-from dsa.search.evolution import Search, SearchConfig, SearchState
+from dsa.search.evolution import Search, SearchConfig, SearchState, check_state
 from dsa.search.fitness import score
 from evaluators.session import EvaluationSession
 
@@ -419,3 +419,40 @@ def test_held_out_atp_takes_the_lambda_best_over_all_training_models():
     assert ATP_LAMBDAS == (0.04, 0.08, 0.12, 0.15, 0.2, 0.25)
     assert held["lambda"] == 0.12
     assert held["step"] == dict(atp_grid(30, 0.7, ATP_LAMBDAS))[0.12]
+
+
+def test_depth_only_search_reads_depth_alone(bench):
+    """`operands=('depth',)`: seeds, random functions, mutations and crossovers never read a
+    score or weight (the features raise if asked), and their ratios meet the budget exactly."""
+    from dsa.functions.genome import OPERANDS, seed_genomes
+
+    def depth_only(operand, index):
+        raise AssertionError(f"read {operand}: a depth-only search must read depth alone")
+
+    features = lambda node: prefix_values(node, depth_only, len(bench.blocks))  # noqa: E731
+    search = Search(SearchConfig(operands=("depth",)), bench.sizes, features, evaluator=None)
+    seeds = seed_genomes(operands=("depth",))
+    assert list(seeds) == ["uniform", "atp@0.04", "atp@0.08", "atp@0.12", "atp@0.15", "atp@0.2", "atp@0.25"]
+    assert search.ratios_of(search.individual(seeds["uniform"])) == [0.7] * len(bench.blocks)
+    random.seed(0)
+    individuals = [search.random_individual() for _ in range(100)]
+    for a, b in zip(individuals[::2], individuals[1::2]):
+        search.toolbox.mate(search.toolbox.clone(a), search.toolbox.clone(b))
+        individuals += list(search.mutate(search.toolbox.clone(a)))
+    valid = 0
+    for ind in individuals:
+        assert {node.name for node in ind} & set(OPERANDS) == {"depth"}
+        ratios = search.ratios_of(ind)
+        if ratios is not None:
+            valid += 1
+            r = torch.tensor(ratios, dtype=torch.float64)
+            assert abs(float((r * bench.sizes).sum() / bench.sizes.sum()) - 0.7) < 1e-6
+    assert valid > 50
+    # A checkpoint keeps the restriction, and refuses a genome outside it.
+    config = runner.RunConfig(search=SearchConfig(operands=("depth",)))
+    again = runner.RunConfig.from_dict(json.loads(json.dumps(config.as_dict())))
+    assert again == config and again.search.operands == ("depth",)
+    with pytest.raises(ValueError, match="unknown node"):
+        check_state(SearchState(population=[[seed_names("owl"), 1.0]]), again.search)
+    with pytest.raises(ValueError, match="operands must be"):
+        SearchConfig(operands=("depth", "rank")).allowed_operands()

@@ -233,6 +233,15 @@ def map_of(data) -> tuple[str, float]:
     return mapping["kind"], float(mapping[_constant_key(mapping["kind"])])
 
 
+def with_map_constant(data, value: float) -> dict:
+    """A copy of a validated function with its map's constant (lambda or eps) set to `value`:
+    the same shape, another amplitude. ValueError (FunctionError) when `value` is off the grid."""
+    kind = data["map"]["kind"]
+    tuned = {**data, "map": {"kind": kind, _constant_key(kind): value}}
+    to_names(tuned)
+    return tuned
+
+
 def same_formula(a, b) -> tuple[bool, str]:
     """Whether two validated functions are the same formula, and how that was decided.
 

@@ -9,7 +9,8 @@ joined by + - * / before the transforms (tree-shaped functions, beyond DSA's lin
 
 Maps: `map_owl` and `map_dsa` take a lambda (LAMBDA_GRID), `map_alpha` an eps (EPS_GRID).
 Operands: the scores `wanda`, `magnitude`, the `weight`s, and `depth` (each block's relative
-depth i / (L - 1), made by the interpreter: functions of depth transfer across models).
+depth i / (L - 1), made by the interpreter: functions of depth transfer across models). A search
+may keep to some of them (`operands=`): its random functions, mutations and seeds use only those.
 
 Seeds (`seed_genomes()`, label -> names) are individuals whose ratios equal the baselines':
 uniform, owl, alphapruning (eps by pruner), dsa-published (DSA's README function), dlp, and
@@ -47,8 +48,17 @@ class Lam: ...
 class Eps: ...
 
 
-def build_pset(arithmetic: bool = False) -> gp.PrimitiveSetTyped:
-    """The primitive set; primitives are names only (the interpreter in pipeline.py runs them)."""
+def check_operands(operands) -> tuple:
+    """`operands` as a tuple of known operand names (in OPERANDS' order); ValueError otherwise."""
+    unknown = [o for o in operands if o not in OPERANDS]
+    if unknown or not operands:
+        raise ValueError(f"operands must be a non-empty subset of {OPERANDS}, got {list(operands)!r:.80}")
+    return tuple(o for o in OPERANDS if o in operands)
+
+
+def build_pset(arithmetic: bool = False, operands=OPERANDS) -> gp.PrimitiveSetTyped:
+    """The primitive set; primitives are names only (the interpreter in pipeline.py runs them).
+    Only `operands` are terminals, so every function it builds reads those alone."""
     pset = gp.PrimitiveSetTyped("allocation", [], Ratios)
     stub = lambda *args: None  # noqa: E731 - never called: trees are interpreted, not compiled
     for name in pre.OPS:
@@ -67,7 +77,7 @@ def build_pset(arithmetic: bool = False) -> gp.PrimitiveSetTyped:
     pset.addPrimitive(stub, [Posted, Lam], Ratios, name=node_name("map", "owl"))
     pset.addPrimitive(stub, [Posted, Eps], Ratios, name=node_name("map", "alpha"))
     pset.addPrimitive(stub, [Posted, Lam], Ratios, name=node_name("map", "dsa"))
-    for name in OPERANDS:
+    for name in check_operands(operands):
         pset.addTerminal(name, Operand, name=name)
     for value in LAMBDA_GRID:
         pset.addTerminal(value, Lam, name=const_name("lam", value))
@@ -165,16 +175,23 @@ def atp_label(lam: float) -> str:
     return f"atp@{lam:g}"
 
 
-def seed_genomes(alpha_eps: float = ALPHA_EPS, atp_lambdas=ATP_LAMBDAS) -> dict[str, list[str]]:
+def seed_genomes(alpha_eps: float = ALPHA_EPS, atp_lambdas=ATP_LAMBDAS, operands=OPERANDS) -> dict[str, list[str]]:
     """Every seed, label -> prefix names: uniform, owl, alphapruning (with `alpha_eps`),
-    dsa-published, dlp, and atp@<lam> for each lambda of `atp_lambdas`."""
+    dsa-published, dlp, and atp@<lam> for each lambda of `atp_lambdas`.
+
+    With fewer `operands` the seeds reading another operand are left out; uniform (flat whatever
+    it reads) then reads the first operand allowed."""
+    operands = check_operands(operands)
     seeds = {method: seed_names(method) for method in ("uniform", "owl")}
     seeds["alphapruning"] = seed_names("alphapruning", eps=alpha_eps)
     seeds["dsa-published"] = seed_names("dsa-published")
     seeds["dlp"] = seed_names("dlp")
     for lam in atp_lambdas:
         seeds[atp_label(lam)] = seed_names("atp", lam)
-    return seeds
+    if "wanda" not in operands:
+        seeds["uniform"] = _pipeline("owl", operands[0], "mean", const_name("lam", 0.0))
+    return {label: names for label, names in seeds.items()
+            if all(name in operands for name in names if name in OPERANDS)}
 
 
 SEEDS = tuple(seed_genomes())  # labels; seed_names(label) gives each one's names

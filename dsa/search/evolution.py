@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .fitness import FitnessCache, fitness_together, ratio_key
 from dsa.allocation.constants import ALPHA_EPS
-from dsa.functions.genome import Ratios, build_pset, names_of, random_subtree, seed_genomes, tree_from_names
+from dsa.functions.genome import (OPERANDS, Ratios, build_pset, check_operands, names_of, random_subtree, seed_genomes,
+                                  tree_from_names)
 from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, parse
 
 PENALTY = 1e9  # fitness of a function that yields no valid ratios: never selected, never a crash
@@ -54,6 +55,10 @@ class SearchConfig:
     level_step: float = 0.01   # per-block: the ratio step of one level
     max_switches: int = 3      # per-block: level switches per child (EvoPress: 1..3)
     fitness_form: str = "cached"  # full evaluations: "cached" Wanda (the proxy) or "sequential" (the final pruner)
+    operands: tuple = ()       # the operands functions may read; empty: all of OPERANDS
+
+    def allowed_operands(self) -> tuple:
+        return check_operands(self.operands) if self.operands else OPERANDS
 
 
 @dataclass
@@ -95,6 +100,7 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
         expect(isinstance(value, (int, float)) and 0 < value < 1, "config sparsity must lie in (0, 1)")
     expect(config.mode in ("function", "per-block"), f"unknown search mode {config.mode!r:.40}")
     expect(config.fitness_form in FITNESS_FORMS, f"unknown fitness form {config.fitness_form!r:.40}")
+    config.allowed_operands()  # ValueError naming the operands when unknown
     counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "feature_cache_hits")
     for name in counters:
         value = getattr(state, name)
@@ -103,7 +109,7 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
     for name in ("losses", "features"):
         expect(isinstance(getattr(state, name), dict), f"{name} must be an object")
     expect(isinstance(state.history, list), "history must be a list")
-    pset = build_pset(config.arithmetic)
+    pset = build_pset(config.arithmetic, config.allowed_operands())
     for field_name in ("population", "hall_of_fame"):
         entries = getattr(state, field_name)
         expect(isinstance(entries, list), f"{field_name} must be a list")
@@ -184,7 +190,7 @@ class Search:
             raise ValueError("screen_windows must be between 1 and fitness_windows")
         self.config = config
         self.evaluator = evaluator
-        self.pset = build_pset(config.arithmetic)
+        self.pset = build_pset(config.arithmetic, config.allowed_operands())
         self.state = state or SearchState()
         self.targets = targets or [Target(None, config.sparsity, sizes, features)]
         self.sizes = self.targets[0].sizes
@@ -289,7 +295,7 @@ class Search:
     # ---- the loop -------------------------------------------------------------------------------
     def initialise(self) -> None:
         random.seed(self.config.seed)
-        seeds = seed_genomes(alpha_eps=self.seed_eps)
+        seeds = seed_genomes(alpha_eps=self.seed_eps, operands=self.config.allowed_operands())
         population = [self.individual(names) for names in seeds.values()]
         while len(population) < max(self.config.population, len(seeds)):
             population.append(self.random_individual())

@@ -57,7 +57,7 @@ class RunConfig:
     def from_dict(cls, data: dict) -> "RunConfig":
         tuples = {k: tuple(data.get(k, ())) for k in ("report_texts", "models", "holdout")}
         tuples["report_baselines"] = tuple(data.get("report_baselines", REPORT_BASELINES))
-        search = {**data["search"], "sparsities": tuple(data["search"].get("sparsities", ()))}
+        search = {**data["search"], **{k: tuple(data["search"].get(k, ())) for k in ("sparsities", "operands")}}
         return cls(**{**data, **tuples, "bench": BenchConfig(**data["bench"]), "search": SearchConfig(**search)})
 
     def model_names(self) -> tuple:

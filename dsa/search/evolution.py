@@ -58,7 +58,7 @@ class SearchConfig:
     operands: tuple = ()       # the operands functions may read; empty: all of OPERANDS
 
     def allowed_operands(self) -> tuple:
-        return check_operands(self.operands) if self.operands else OPERANDS
+        return check_operands(self.operands or OPERANDS)
 
 
 @dataclass
@@ -100,7 +100,6 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
         expect(isinstance(value, (int, float)) and 0 < value < 1, "config sparsity must lie in (0, 1)")
     expect(config.mode in ("function", "per-block"), f"unknown search mode {config.mode!r:.40}")
     expect(config.fitness_form in FITNESS_FORMS, f"unknown fitness form {config.fitness_form!r:.40}")
-    config.allowed_operands()  # ValueError naming the operands when unknown
     counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "feature_cache_hits")
     for name in counters:
         value = getattr(state, name)

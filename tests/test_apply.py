@@ -505,4 +505,3 @@ def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeyp
     assert report["function"]["map"] == {"kind": "dsa", "lambda": best["value"]}
     assert report["ppl"]["wiki/validation"] == pytest.approx(best["wiki/validation"], rel=1e-9)
     assert f"dsa map constant {best['value']:g} chosen on wiki/validation" in err
-

@@ -436,9 +436,11 @@ def test_depth_only_search_reads_depth_alone(bench):
     assert search.ratios_of(search.individual(seeds["uniform"])) == [0.7] * len(bench.blocks)
     random.seed(0)
     individuals = [search.random_individual() for _ in range(100)]
+    bred = []  # crossover children and mutants of the random ones
     for a, b in zip(individuals[::2], individuals[1::2]):
-        search.toolbox.mate(search.toolbox.clone(a), search.toolbox.clone(b))
-        individuals += list(search.mutate(search.toolbox.clone(a)))
+        bred += search.toolbox.mate(search.toolbox.clone(a), search.toolbox.clone(b))
+        bred += search.mutate(search.toolbox.clone(a))
+    individuals += bred
     valid = 0
     for ind in individuals:
         assert {node.name for node in ind} & set(OPERANDS) == {"depth"}

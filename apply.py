@@ -20,8 +20,7 @@ from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.allocation.baselines import atp_grid
 from dsa.allocation.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
 from dsa.functions.files import describe, importance_expr, map_of, same_formula, with_map_constant
-from dsa.functions.genome import EPS_GRID, LAMBDA_MAPS
-from dsa.functions.replay import function_ratios, load_function
+from dsa.functions.replay import amplitude_grid, function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
 from evaluators.cache import atomic_write_text
@@ -72,8 +71,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atp-step", type=float, default=None,
                         help="ATP's common difference (default: chosen on --atp-text from a grid, with the final pruner)")
     parser.add_argument("--atp-text", default="wiki/validation",
-                        help="validation text ATP's difference (and --tune-spread's constant) is chosen on "
-                             "(default: %(default)s)")
+                        help="text ATP's difference (and --tune-spread's constant) is chosen on; calib-next: "
+                             "the calibration text's windows after the calibration ones, so no validation or "
+                             "test text is read to choose (default: %(default)s)")
 
 
 def _session(args) -> EvaluationSession:
@@ -90,6 +90,12 @@ def _options(args) -> BaselineOptions:
     return BaselineOptions(args.owl_m, args.owl_lambda, eps, args.alpha_mode, args.dlp_alpha, args.atp_step)
 
 
+def _grid_texts(args) -> list[str]:
+    """What each grid point is measured on: the choosing text, then the reported texts, so a
+    report shows what every constant of the grid gives on test text too (one prune each)."""
+    return list(dict.fromkeys([args.atp_text, *args.eval]))
+
+
 def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[BaselineOptions, dict]:
     """ATP's common difference: the user's, or the grid point with the lowest perplexity on the
     validation text (--atp-text) after pruning with the final pruner."""
@@ -100,8 +106,8 @@ def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[
     for lam, step in atp_grid(session.n_blocks, sparsity, ATP_LAMBDAS):
         ratios, _ = baseline_ratios("atp", session.bench, sparsity, dataclasses.replace(options, atp_step=step))
         session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl = session.perplexities([args.atp_text], args.eval_windows, f"atp step {step:.4g}")[args.atp_text]
-        grid.append({"lambda": lam, "step": step, args.atp_text: ppl})
+        ppl = session.perplexities(_grid_texts(args), args.eval_windows, f"atp step {step:.4g}")
+        grid.append({"lambda": lam, "step": step, **ppl})
     chosen = min(grid, key=lambda row: row[args.atp_text])
     steps = ", ".join(f"{row['step']:.4f}" for row in grid)
     print(f"ATP at {sparsity:g}: step {chosen['step']:.5f} chosen on {args.atp_text} (grid {steps})", file=sys.stderr)
@@ -116,7 +122,7 @@ def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[
     amplitude."""
     kind, own = map_of(function)
     grid = []
-    for value in ATP_LAMBDAS if kind in LAMBDA_MAPS else EPS_GRID:
+    for value in amplitude_grid(function):
         tuned = with_map_constant(function, value)
         try:
             ratios, _ = function_ratios(tuned, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
@@ -124,8 +130,8 @@ def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[
             grid.append({"value": value, "invalid": str(err)})
             continue
         session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl = session.perplexities([args.atp_text], args.eval_windows, f"{kind} {value:g}")[args.atp_text]
-        grid.append({"value": value, args.atp_text: ppl})
+        ppl = session.perplexities(_grid_texts(args), args.eval_windows, f"{kind} {value:g}")
+        grid.append({"value": value, **ppl})
     scored = [row for row in grid if args.atp_text in row]
     if not scored:
         raise UserError(f"no constant of the grid gives valid ratios at sparsity {args.sparsity:g}")

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout", nargs="+", default=[], metavar="MODEL",
                    help="models the search never sees: the best function and the baselines are replayed on "
                         "them after the search, with the final pruner (transfer table in the report)")
+    g.add_argument("--holdout-tune", default=None, metavar="TEXT",
+                   help="on each held-out model, also replay the best function with its map constant, and ATP "
+                        "with its lambda, chosen on this text of that model with the final pruner (one prune per "
+                        "grid value: 6 + 6); calib-next, the calibration text's windows after the calibration "
+                        "ones, reads no validation or test text to choose (may be given with --resume) (default: off)")
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")
     g.add_argument("--seqlen", type=_positive, default=b.seqlen, help="tokens per window (default: %(default)s)")
@@ -195,7 +200,7 @@ def config_from_args(args) -> RunConfig:
                      models=models if len(models) > 1 else (), holdout=tuple(dict.fromkeys(args.holdout)),
                      final_pruner=args.final_pruner, rank_check=args.rank_check,
                      final_select=RunConfig.final_select if args.final_select is None else args.final_select,
-                     report_baselines=tuple(dict.fromkeys(args.report_baselines)))
+                     report_baselines=tuple(dict.fromkeys(args.report_baselines)), holdout_tune=args.holdout_tune or "")
 
 
 def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, SearchState]:
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         config, state = resume_from(args.resume, args.generations)
         if args.final_select is not None:  # how the report chooses, not what the search did
             config = dataclasses.replace(config, final_select=args.final_select)
+        if args.holdout_tune is not None:  # how the report replays, not what the search did
+            config = dataclasses.replace(config, holdout_tune=args.holdout_tune)
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
     else:
         config, state = config_from_args(args), None
@@ -233,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--final-select compares K >= 2 allocations (0: report the search's own best)")
     if config.final_select and config.search.mode == "per-block":
         raise UserError("--final-select chooses among functions; a per-block search has none")
+    if config.holdout_tune and not config.holdout:
+        raise UserError("--holdout-tune chooses amplitudes on held-out models: give them with --holdout")
+    if config.holdout_tune in config.report_texts:
+        raise UserError(f"--holdout-tune {config.holdout_tune} is a report text: choosing on it would read the test text")
     if args.workers == 0 and args.address:
         raise UserError("--address needs Ray workers; drop --workers 0")
     check_output_dir(config.results_dir, "--results-dir")

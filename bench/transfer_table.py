@@ -9,6 +9,10 @@ the report computed (ATP with the training models' difference), how far the func
 from uniform and from the strongest fixed rule, and, where given, ATP tuned on the held-out
 model's own validation text (`apply.py compare --allocations atp`), a reference that a
 replayed function does not get.
+
+A search run with `--holdout-tune TEXT` also replayed the function with its map constant, and ATP
+with its lambda, chosen on the held-out model's TEXT (calib-next: calibration text only); a second
+table shows those beside the fixed rules.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ def held_out_rows(report_dir: Path) -> list[dict]:
         model, sparsity = target.rsplit("@", 1)
         rows.append({"search": report_dir.name, "model": model, "sparsity": float(sparsity), "text": text,
                      "final": final, "atp_lambda": (table.get("atp") or {}).get("lambda"),
+                     "tuning": table.get("tuning") or {},
                      "trained_on": [t for t, v in report["targets"].items() if v["trained"]]})
     return rows
 
@@ -70,6 +75,31 @@ def main() -> None:
               + f" | {fixed.get('atp', float('nan')):.2f} (lambda {row['atp_lambda']}) "
               f"| {100 * (final['best'] / final['uniform'] - 1):+.1f} % "
               f"| {100 * (final['best'] / fixed[strongest] - 1):+.1f} % ({strongest}) | {own_cell} |")
+    tuned_table([row for row in rows if row["tuning"]])
+
+
+def tuned_table(rows: list[dict]) -> None:
+    """The replays whose amplitude was chosen on the held-out model (`--holdout-tune`)."""
+    if not rows:
+        return
+    text = rows[0]["tuning"]["best-tuned"]["chosen_on"]
+    print(f"\nAmplitude chosen on each held-out model's {text} (final pruner; {rows[0]['text']} below):\n")
+    print("| held-out model | trained on | function, tuned | ATP, tuned | function, file's constant "
+          "| ATP (training lambda) | uniform | OWL | AlphaPruning | tuned function vs uniform "
+          "| vs best fixed rule | vs tuned ATP |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        final, tuning = row["final"], row["tuning"]
+        fixed = {name: final[name] for name in FIXED_RULES if name in final}
+        strongest = min(fixed, key=fixed.get)
+        mine = final["best-tuned"]
+        trained = ", ".join(t.rsplit("@", 1)[0] for t in row["trained_on"])
+        cells = " | ".join(f"{fixed[n]:.2f}" if n in fixed else "-" for n in FIXED_RULES[:3])
+        print(f"| {row['model']} ({row['sparsity']:.0%}) | {trained} "
+              f"| {mine:.2f} ({tuning['best-tuned']['chosen']:g}) | {final['atp-tuned']:.2f} ({tuning['atp-tuned']['chosen']:g}) "
+              f"| {final['best']:.2f} | {fixed.get('atp', float('nan')):.2f} (lambda {row['atp_lambda']}) | {cells} "
+              f"| {100 * (mine / final['uniform'] - 1):+.1f} % | {100 * (mine / fixed[strongest] - 1):+.1f} % ({strongest}) "
+              f"| {100 * (mine / final['atp-tuned'] - 1):+.1f} % |")
 
 
 if __name__ == "__main__":

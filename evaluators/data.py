@@ -4,7 +4,9 @@ A text is named `source/split`:
 - built-in, offline: `wiki/validation`, `wiki/test` (Wikipedia articles, split by article),
   `c4/train` (a C4 sample, for calibration), `ptb/train`, `ptb/valid`, `ptb/test`;
 - online through `datasets`: `wikitext2/{train,validation,test}`, `c4-online/{train,validation}`;
-- any local text file path.
+- any local text file path;
+- `calib-next` (CALIB_NEXT): the calibration text's windows that follow the calibration windows,
+  same source, never calibrated on, never validation or test (see `Workbench.windows`).
 
 Windows are consecutive, non-overlapping chunks of `seqlen` tokens from the start of the text, so
 the same arguments always give the same tokens.
@@ -24,6 +26,9 @@ from .paths import check_input_file
 
 EXL_DATA = "exllamav3/conversion/standard_cal_data/"
 BUILTIN_TEXTS = ["wiki/validation", "wiki/test", "c4/train", "ptb/train", "ptb/valid", "ptb/test"]
+# Text the pruner's own calibration source offers beyond what it calibrates on: a model's amplitude
+# can be chosen there without reading its validation or test text.
+CALIB_NEXT = "calib-next"
 ONLINE_TEXTS = ["wikitext2/train", "wikitext2/validation", "wikitext2/test", "c4-online/train",
                 "c4-online/validation"]
 
@@ -87,6 +92,8 @@ def load_text(name: str) -> str:
     if name in ONLINE_TEXTS:
         return _online(source, split)
     known = ", ".join(BUILTIN_TEXTS + ONLINE_TEXTS)
+    if name == CALIB_NEXT:
+        raise UserError(f"{CALIB_NEXT} names windows of a model's calibration text: it is read through a loaded model")
     if source in ("wiki", "c4", "ptb", "wikitext2", "c4-online"):
         raise UserError(f"unknown text {name!r}: use a file path or one of {known}")
     raise UserError(f"missing file: {name} (not a file, nor one of {known})")

@@ -13,7 +13,7 @@ import torch
 
 from . import assets
 from .calibration import input_norms, layer_key, row_orders
-from .data import BUILTIN_TEXTS, ONLINE_TEXTS, load_text, token_windows
+from .data import BUILTIN_TEXTS, CALIB_NEXT, ONLINE_TEXTS, load_text, token_windows
 from .errors import UserError
 from .models import default_device_dtype, load_model, resolve
 from .perplexity import perplexity, window_nll
@@ -86,7 +86,7 @@ def check_model(spec: str) -> None:
 def check_text(name: str) -> None:
     """A text's name; a local file is read (cached) to check it is UTF-8 text. Built-in and
     online texts are known names: not loaded here."""
-    if name in BUILTIN_TEXTS + ONLINE_TEXTS and not Path(name).expanduser().exists():
+    if name in BUILTIN_TEXTS + ONLINE_TEXTS + [CALIB_NEXT] and not Path(name).expanduser().exists():
         return
     load_text(name)
 
@@ -113,6 +113,11 @@ class Workbench:
         return self.loaded.blocks
 
     def windows(self, text: str, count: int) -> torch.Tensor:
+        """`count` windows of `text`; `calib-next` is the calibration text's next `count` windows
+        after the calibration ones (disjoint from them by construction)."""
+        if text == CALIB_NEXT and not Path(text).exists():
+            skip = self.config.calib_windows
+            return token_windows(self.loaded.tokenizer, self.config.calib_text, self.config.seqlen, skip + count)[skip:]
         return token_windows(self.loaded.tokenizer, text, self.config.seqlen, count)
 
     def perplexity(self, text: str, count: int, progress: str | None = None) -> float:

@@ -29,6 +29,25 @@ def test_transfer_table_row_equals_a_hand_computation(tmp_path):
                    "| -4.0 % (atp) | 230.00 (lambda 0.08) |")
 
 
+def test_transfer_table_of_amplitudes_tuned_on_the_held_out_model(tmp_path):
+    final = {"best": 260.0, "uniform": 480.0, "owl": 440.0, "alphapruning": 700.0, "atp": 250.0,
+             "best-tuned": 225.0, "atp-tuned": 240.0}
+    tuning = {name: {"chosen": value, "chosen_on": "calib-next", "grid": []}
+              for name, value in (("best-tuned", 0.08), ("atp-tuned", 0.12))}
+    report = {"config": {"report_texts": ["wiki/test"]}, "targets": {
+        "a@0.6": {"trained": True, "allocations": {}},
+        "c@0.6": {"trained": False, "atp": {"lambda": 0.04}, "tuning": tuning,
+                  "allocations": {name: {"final": {"wiki/test": v}} for name, v in final.items()}}}}
+    (tmp_path / "loo-c").mkdir()
+    (tmp_path / "loo-c" / "report.json").write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "transfer_table.py"), str(tmp_path / "loo-c")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "Amplitude chosen on each held-out model's calib-next" in out
+    # 225 / 480 - 1 = -53.1 %; strongest fixed rule ATP 250: -10.0 %; tuned ATP 240: -6.25 % -> -6.2 %
+    assert out.strip().splitlines()[-1] == ("| c (60%) | a | 225.00 (0.08) | 240.00 (0.12) | 260.00 | 250.00 (lambda 0.04) "
+                                            "| 480.00 | 440.00 | 700.00 | -53.1 % | -10.0 % (atp) | -6.2 % |")
+
+
 def test_seed_table_means_and_spreads_equal_a_hand_computation(tmp_path):
     runs = {"fn-0": (None, False, 170.0, 230.0, 260.0), "fn-1": (None, False, 180.0, 250.0, 280.0),
             "pb-0": ("per-block", False, 150.0, 300.0, 330.0)}

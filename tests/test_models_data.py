@@ -2,9 +2,11 @@
 import hashlib
 import shutil
 
+import pytest
 import torch
 
 from evaluators import assets, data, models
+from evaluators.errors import UserError
 from evaluators.models import load_model
 
 
@@ -52,6 +54,18 @@ def test_windows_disjoint_and_deterministic(bench):
     val_rows = {tuple(r.tolist()) for r in val.unfold(1, 32, 32).reshape(-1, 32)}
     test_rows = {tuple(r.tolist()) for r in test.unfold(1, 32, 32).reshape(-1, 32)}
     assert not val_rows & test_rows
+
+
+def test_calib_next_follows_the_calibration_windows(bench):
+    """`calib-next`: the calibration text's windows right after the ones calibration read, so a
+    model's amplitude can be chosen on text no calibration, validation or test window holds."""
+    n, tokenizer = bench.config.calib_windows, bench.loaded.tokenizer
+    following = bench.windows(data.CALIB_NEXT, 3)
+    everything = data.token_windows(tokenizer, bench.config.calib_text, bench.config.seqlen, n + 3)
+    assert torch.equal(everything[:n], bench.calib) and torch.equal(following, everything[n:])
+    assert not {tuple(w.tolist()) for w in following} & {tuple(w.tolist()) for w in bench.calib}
+    with pytest.raises(UserError, match="read through a loaded model"):
+        data.load_text(data.CALIB_NEXT)
 
 
 def test_ptb_and_c4_builtin():

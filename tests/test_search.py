@@ -353,6 +353,47 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
     assert held == pytest.approx(report["best"]["ratios"], abs=1e-12)
 
 
+def test_holdout_tuning_chooses_on_its_text_alone(bench, tmp_path, monkeypatch):
+    """`--holdout-tune calib-next`: on a held-out model the replayed function's map constant and
+    ATP's lambda are each the grid point whose final-pruner perplexity on that model's calib-next
+    windows is lowest; no other text is read to choose. ATP's ramp as the function gives ATP's
+    own grid (pruned once: 6 prunes for 12 grid points), and the chosen value's perplexity is a
+    hand prune's."""
+    from dsa.distributed.pool import InProcessPool
+    from dsa.distributed.worker import Worker
+    from dsa.functions.pipeline import FeatureMemo
+    from evaluators.perplexity import perplexity
+
+    model = bench.config.model
+    pool = InProcessPool({model: Worker(bench, "wiki/validation", 1)})
+    config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune="calib-next")
+    ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
+            "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.04}}
+    memo = FeatureMemo(lambda node: pool.call("features", node, group=model))
+    reads, prunes = [], []
+    windows, prune = bench.windows, EvaluationSession.prune
+    monkeypatch.setattr(bench, "windows", lambda text, count: reads.append(text) or windows(text, count))
+    monkeypatch.setattr(EvaluationSession, "prune", lambda self, *a, **k: prunes.append(a[0]) or prune(self, *a, **k))
+    try:
+        allocations, tuning = runner.tune_on_holdout(pool, config, model, ramp, memo, bench.sizes, 0.7)
+        assert set(reads) == {"calib-next"} and len(prunes) == 6
+        grids = {name: tuning[name]["grid"] for name in ("best-tuned", "atp-tuned")}
+        assert [row["value"] for row in grids["best-tuned"]] == [0.04, 0.08, 0.12, 0.15, 0.2, 0.25]
+        assert grids["best-tuned"] == [{**row} for row in grids["atp-tuned"]]  # the same ramps, the same numbers
+        for name, grid in grids.items():
+            chosen = min(grid, key=lambda row: row["calib-next"])
+            assert tuning[name]["chosen"] == chosen["value"] and tuning[name]["chosen_on"] == "calib-next"
+        assert allocations["best-tuned"][0] == pytest.approx(allocations["atp-tuned"][0], abs=1e-12)
+        assert sum(r * n for r, n in zip(allocations["best-tuned"][0], bench.sizes.tolist())) == pytest.approx(
+            0.7 * float(bench.sizes.sum()), rel=1e-9)
+        prune(EvaluationSession(bench), allocations["best-tuned"][0], "wanda")
+        by_hand = perplexity(bench.loaded.model, windows("calib-next", config.report_windows), bench.config.batch_size)
+        best = min(row["calib-next"] for row in grids["best-tuned"])
+        assert by_hand == pytest.approx(best, rel=1e-6)
+    finally:
+        bench.pruner.restore()
+
+
 def test_seeds_dsa_published_follows_dsa_code_on_model(bench):
     """DSA's W:(ABSLOG)-(VAR)-(ATAN,ASIN) with its map, step by step as lliai/DSA's code runs it
     (float32 on each block's concatenated Wanda scores), against the seed and its function file."""

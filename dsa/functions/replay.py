@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 
+from dsa.allocation.constants import ATP_LAMBDAS
 from evaluators.errors import UserError
 from evaluators.paths import check_input_file
 
-from .files import MAX_FILE_BYTES, FunctionError, to_names
-from .genome import build_pset
-from .pipeline import FeatureMemo, allocation_ratios, block_values, parse
+from .files import MAX_FILE_BYTES, FunctionError, map_of, to_names
+from .genome import EPS_GRID, LAMBDA_MAPS, build_pset
+from .pipeline import FeatureMemo, Node, allocation_ratios, block_values, parse
 
 _PSET = build_pset(arithmetic=True)  # a superset: accepts linear and tree-shaped functions
 
@@ -29,10 +30,20 @@ def load_function(path) -> dict:
     return document
 
 
+def function_root(document: dict) -> Node:
+    """A validated function as the tree the interpreter runs."""
+    return parse(to_names(document), lambda name: _PSET.mapping[name].arity)
+
+
+def amplitude_grid(document: dict) -> tuple[float, ...]:
+    """The map constants a function's amplitude is tuned over on a new model, as ATP's difference
+    is: ATP's lambdas for a lambda map (OWL's, DSA's), the eps grid for AlphaPruning's."""
+    return ATP_LAMBDAS if map_of(document)[0] in LAMBDA_MAPS else EPS_GRID
+
+
 def function_ratios(document: dict, block_mats, n_blocks: int, sizes, sparsity: float):
     """(ratios, per-block importance values before the map) of a validated function."""
-    names = to_names(document)
-    root = parse(names, lambda name: _PSET.mapping[name].arity)
+    root = function_root(document)
     memo = FeatureMemo.over(block_mats, n_blocks)
     ratios = allocation_ratios(root, memo, sizes, sparsity)
     values = block_values(root.children[0], memo)

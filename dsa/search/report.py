@@ -111,6 +111,11 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
         atp = table.get("atp")
         if atp:
             lines.append(f"ATP's step {atp['step']:.5f} (lambda {atp['lambda']}) chosen on {atp['chosen_on']}.")
+        for alloc, tuned in (table.get("tuning") or {}).items():
+            text = tuned["chosen_on"]
+            grid = ", ".join(f"{row['value']:g}: {row[text]:.2f}" for row in tuned["grid"])
+            lines.append(f"{alloc}: map constant {tuned['chosen']:g} chosen on this model's {text} with {pruner} "
+                         f"({grid}).")
         forms = table.get("forms", {})
         if forms.get("count", 0) >= 2:
             lines.append(f"Search's form vs {pruner}: Spearman {forms['spearman']:.2f} over the final population's "

@@ -18,8 +18,9 @@ import torch
 from dsa.allocation.baselines import atp_grid
 from dsa.allocation.constants import ATP_LAMBDAS, alpha_eps_for
 from dsa.distributed.pool import open_pool
-from dsa.functions.files import from_root
+from dsa.functions.files import from_root, with_map_constant
 from dsa.functions.pipeline import FeatureMemo, allocation_ratios, block_values
+from dsa.functions.replay import amplitude_grid, function_root
 from evaluators.workbench import BenchConfig, Workbench, check_config, check_text
 
 from . import checkpoint
@@ -49,6 +50,7 @@ class RunConfig:
     rank_check: int = 4         # distinct final-population allocations re-measured with the final pruner
     final_select: int = 0       # >= 2: the reported function is the best of this many under the final pruner
     report_baselines: tuple = REPORT_BASELINES  # the baselines the report prunes beside the best
+    holdout_tune: str = ""      # a text of each held-out model the function's amplitude and ATP's are chosen on
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -206,14 +208,46 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
                 atp = atp_from_training(search, sparsity, len(sizes))
                 for name in config.report_baselines:
                     allocations[name] = tuple(pool.call("baseline", name, sparsity, atp["step"], group=model))
+                tuning = {}
+                if config.holdout_tune:
+                    tuned, tuning = tune_on_holdout(pool, config, model, from_root(root), memo, sizes, sparsity)
+                    allocations.update(tuned)
                 final = final_perplexities(pool, config, [(model, r) for r, _ in allocations.values()])
                 entries = {name: {"ratios": r, "block_metric": m, "val_fitness": None, "final": f}
                            for (name, (r, m)), f in zip(allocations.items(), final)}
                 out[f"{model}@{sparsity:g}"] = {"model": model, "sparsity": sparsity, "trained": False,
-                                                "allocations": entries, "atp": atp}
+                                                "allocations": entries, "atp": atp, "tuning": tuning}
         return out
     finally:
         pool.close()
+
+
+def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, sizes, sparsity: float):
+    """The replayed function with its map constant, and ATP with its lambda, chosen on the held-out
+    model's own `config.holdout_tune` text with the final pruner: the shape comes from the search,
+    the amplitude from the new model, as `apply.py --tune-spread --atp-text TEXT` does. Only that
+    text is read to choose; the report texts are measured afterwards, on the chosen two.
+
+    Returns ({"best-tuned": (ratios, values), "atp-tuned": (ratios, metric)}, their grids)."""
+    text, grids = config.holdout_tune, {"best-tuned": [], "atp-tuned": []}
+    for value in amplitude_grid(function):
+        root = function_root(with_map_constant(function, value))
+        try:
+            ratios = allocation_ratios(root, memo, sizes, sparsity).tolist()
+        except ValueError:  # no valid ratios at this amplitude: not a candidate
+            continue
+        grids["best-tuned"].append((value, ratios, block_values(root.children[0], memo).tolist()))
+    for lam, step in atp_grid(len(sizes), sparsity, ATP_LAMBDAS):
+        grids["atp-tuned"].append((lam, *pool.call("baseline", "atp", sparsity, step, group=model)))
+    measured = iter(final_perplexities(pool, config, [(model, r) for rows in grids.values() for _, r, _ in rows],
+                                       texts=[text]))
+    allocations, tuning = {}, {}
+    for name, rows in grids.items():
+        grid = [{"value": value, text: next(measured)[text]} for value, _, _ in rows]
+        chosen = min(range(len(rows)), key=lambda i: grid[i][text])
+        allocations[name] = rows[chosen][1:]
+        tuning[name] = {"chosen": rows[chosen][0], "chosen_on": text, "grid": grid}
+    return allocations, tuning
 
 
 def atp_from_training(search, sparsity: float, n_blocks: int) -> dict:
@@ -283,7 +317,7 @@ def check_inputs(config: RunConfig, here: bool) -> None:
     for model in (*config.model_names(), *config.holdout):
         check_config(dataclasses.replace(config.bench, model=model), here)
     if here:
-        for text in (config.fitness_text, *config.report_texts):
+        for text in (config.fitness_text, *config.report_texts, *([config.holdout_tune] if config.holdout_tune else [])):
             check_text(text)
 
 

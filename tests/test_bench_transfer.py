@@ -48,6 +48,30 @@ def test_transfer_table_of_amplitudes_tuned_on_the_held_out_model(tmp_path):
                                             "| 480.00 | 440.00 | 700.00 | -53.1 % | -10.0 % (atp) | -6.2 % |")
 
 
+def test_amplitude_table_picks_on_the_tuning_text_and_reports_the_test_text(tmp_path):
+    texts = ("calib-next", "wiki/validation", "wiki/test")
+    atp = [(0.04, 300.0, 80.0, 100.0), (0.08, 250.0, 70.0, 90.0), (0.12, 260.0, 65.0, 85.0)]
+    grid = [{"lambda": lam, "step": lam / 10, **dict(zip(texts, values))} for lam, *values in atp]
+    rows = [{"sparsity": 0.6, "method": m, "achieved": 0.6, "calib-next": 0.0, "wiki/validation": 0.0, "wiki/test": v}
+            for m, v in (("uniform", 120.0), ("owl", 130.0), ("alphapruning", 110.0), ("atp", 90.0))]
+    write_comparison(tmp_path / "cmp", "c", "wanda", {t: 20.0 for t in texts}, rows, {("uniform", 0.6): [0.6, 0.6]},
+                     {"0.6": {"step": 0.008, "grid": grid, "chosen_on": "calib-next"}})
+    function = [(0.04, 280.0, 75.0, 95.0), (0.08, 240.0, 68.0, 88.0), (0.12, 245.0, 60.0, 80.0)]
+    report = {"tune_spread": {"file_constant": 0.04, "chosen": 0.08, "chosen_on": "calib-next",
+                              "grid": [{"value": v, **dict(zip(texts, values))} for v, *values in function]}}
+    (tmp_path / "fn.json").write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "amplitude_table.py"), "--sparsity", "0.6",
+                          f"c={tmp_path / 'cmp'},{tmp_path / 'fn.json'}@0.04", f"r={tmp_path / 'cmp'}@0.12"],
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    # Function: chosen on calib-next 0.08 (240) -> test 88; file 0.04 -> 95. ATP: training 0.04 -> 100,
+    # calib-next 0.08 -> 90, validation 0.12 -> 85. 88/120 - 1 = -26.7 %; best fixed rule ATP 100 -> -12.0 %;
+    # 88/90 - 1 = -2.2 %. Row r is ATP's ramp itself at training lambda 0.12 (85); its fixed best is 85.
+    assert out[-2] == ("| c | 88.00 (0.08) | 95.00 (0.04) | 120.00 | 130.00 | 110.00 | 100.00 (0.04) | 90.00 (0.08) "
+                       "| 85.00 (0.12) | -26.7 % | -12.0 % (atp) | -2.2 % |")
+    assert out[-1] == ("| r | 90.00 (0.08) | 85.00 (0.12) | 120.00 | 130.00 | 110.00 | 85.00 (0.12) | 90.00 (0.08) "
+                       "| 85.00 (0.12) | -25.0 % | +5.9 % (atp) | +0.0 % |")
+
+
 def test_seed_table_means_and_spreads_equal_a_hand_computation(tmp_path):
     runs = {"fn-0": (None, False, 170.0, 230.0, 260.0), "fn-1": (None, False, 180.0, 250.0, 280.0),
             "pb-0": ("per-block", False, 150.0, 300.0, 330.0)}

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 FIXED_RULES = ("uniform", "owl", "alphapruning", "atp")
+VALIDATION = "wiki/validation"
 
 
 def own_atp(spec: str, text: str, sparsity: float) -> tuple[str, float, float]:
@@ -33,6 +34,10 @@ def own_atp(spec: str, text: str, sparsity: float) -> tuple[str, float, float]:
         raise SystemExit(f"{folder}/table.csv has no ATP row at {sparsity:.0%}")
     choices = json.loads((Path(folder) / "atp.json").read_text())
     choice = next(c for s, c in choices.items() if abs(float(s) - sparsity) < 1e-9)
+    if choice["chosen_on"] != VALIDATION and all(VALIDATION in p and text in p for p in choice["grid"]):
+        # A compare that chose on another text (calib-next) but measured every grid point on both.
+        point = min(choice["grid"], key=lambda p: p[VALIDATION])
+        return model, float(point[text]), point["lambda"]
     chosen = next(point["lambda"] for point in choice["grid"] if point["step"] == choice["step"])
     return model, float(rows[0][text]), chosen
 

@@ -101,13 +101,16 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
             fitness = "-" if entry["val_fitness"] is None else f"{entry['val_fitness']:.3f}"
             lines.append(f"| {alloc} | {fitness} | " + " | ".join(f"{entry['final'][t]:.3f}" for t in texts) + " |")
         best_text = config["report_texts"][0]
-        baselines = {a: e["final"][best_text] for a, e in table["allocations"].items() if a != "best"}
+        final = {a: e["final"][best_text] for a, e in table["allocations"].items()}
+        baselines = {a: v for a, v in final.items() if not a.startswith("best")}  # best-tuned is the function too
         strongest = min(baselines, key=baselines.get)
-        gain = 100 * (1 - table["allocations"]["best"]["final"][best_text] / baselines[strongest])
-        relation = (f"{abs(gain):.1f}% {'lower' if gain > 0 else 'higher'} in perplexity than" if abs(gain) >= 0.05
-                    else "as good as")
-        lines += ["", f"On {best_text} with {pruner}, the best allocation is {relation} the strongest baseline "
-                      f"({strongest})."]
+        lines.append("")
+        for alloc, what in (("best", "the best allocation"), ("best-tuned", "the function with this model's amplitude")):
+            if alloc in final:
+                gain = 100 * (1 - final[alloc] / baselines[strongest])
+                relation = (f"{abs(gain):.1f}% {'lower' if gain > 0 else 'higher'} in perplexity than"
+                            if abs(gain) >= 0.05 else "as good as")
+                lines.append(f"On {best_text} with {pruner}, {what} is {relation} the strongest baseline ({strongest}).")
         atp = table.get("atp")
         if atp:
             lines.append(f"ATP's step {atp['step']:.5f} (lambda {atp['lambda']}) chosen on {atp['chosen_on']}.")

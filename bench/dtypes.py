@@ -1,6 +1,7 @@
-"""float32 vs bfloat16 on this machine: load and calibration time, memory, perplexity, pruning.
+"""float32 vs bfloat16 (vs float16) on one device: load and calibration time, memory, perplexity, pruning.
 
     python bench/dtypes.py --sparsity 0.7 --threads 1
+    python bench/dtypes.py --device cuda --dtypes float32 bfloat16 float16
 
 For each dtype, one EvaluationSession (model load, calibration, score orders); dense perplexity
 on wiki/test; the search's form (cached Wanda at uniform ratios) and the final pruner
@@ -27,8 +28,8 @@ def timed(work):
     return value, time.perf_counter() - start
 
 
-def measure(model: str, dtype: str, sparsity: float, text: str, windows: int) -> dict:
-    session, load_s = timed(lambda: EvaluationSession(BenchConfig(model=model, dtype=dtype)))
+def measure(model: str, device: str, dtype: str, sparsity: float, text: str, windows: int) -> dict:
+    session, load_s = timed(lambda: EvaluationSession(BenchConfig(model=model, device=device, dtype=dtype)))
     ratios = [sparsity] * session.n_blocks
     dense, dense_s = timed(lambda: session.perplexities([text], windows)[text])
     session.prune_cached(ratios)
@@ -48,14 +49,16 @@ def main():
     parser.add_argument("--text", default="wiki/test")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--out", default="results/bench_dtypes.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for dtype in ("float32", "bfloat16"):
-        rows.append(measure(args.model, dtype, args.sparsity, args.text, args.windows))
+    for dtype in args.dtypes:
+        rows.append(measure(args.model, args.device, dtype, args.sparsity, args.text, args.windows))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"model": args.model, "sparsity": args.sparsity, "text": args.text, "windows": args.windows,
+    result = {"model": args.model, "device": args.device, "sparsity": args.sparsity, "text": args.text, "windows": args.windows,
               "threads": args.threads, "rows": rows}
     atomic_write_text(args.out, json.dumps(result, indent=2))
 

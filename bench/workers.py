@@ -1,6 +1,7 @@
 """Throughput of the evaluation workers: in-process vs Ray actors (feeds BENCHMARKS.md).
 
     python bench/workers.py [--model smollm2-135m] [--candidates 8] [--repeats 3] [--layouts 0 1 2]
+    python bench/workers.py --device cuda --layouts 0 1   # one GPU: in-process vs one num_gpus=1 actor
 
 For each layout (0 = in this process, N = N Ray actors sharing the machine's cores) it times the
 start-up (Ray + model loads), then batches of --candidates allocations (random functions' ratios,
@@ -41,7 +42,7 @@ def allocations(session, count, seed=0):
 
 def measure(layout, config, jobs_by_fidelity, repeats):
     tic = time.perf_counter()
-    pool = open_pool((config, "wiki/validation", 4, "ppl"), layout, None, "cpu")
+    pool = open_pool({config.model: (config, "wiki/validation", 4, "ppl")}, layout, None, config.device)
     result = {"startup_s": time.perf_counter() - tic, "workers": pool.size}
     try:
         for label, jobs in jobs_by_fidelity.items():
@@ -59,6 +60,7 @@ def measure(layout, config, jobs_by_fidelity, repeats):
             calls.append(time.perf_counter() - start)
         result["empty_call_ms"] = 1000 * statistics.median(calls)
         result["memory"] = pool.call("memory")
+        result["worker"] = pool.call("info")  # its device, and the GPU Ray gave it
     finally:
         pool.close()
     return result
@@ -70,12 +72,13 @@ def main():
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layouts", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (Ray actors then take one GPU each)")
     parser.add_argument("--out", default="results/bench_workers.json")
     args = parser.parse_args()
-    config = BenchConfig(model=args.model, device="cpu")
+    config = BenchConfig(model=args.model, device=args.device)
     ratios = allocations(EvaluationSession(config), args.candidates)
     jobs = {"screen": [(r, [0]) for r in ratios], "full": [(r, [0, 1, 2, 3]) for r in ratios]}
-    result = {"model": args.model, "candidates": args.candidates,
+    result = {"model": args.model, "device": args.device, "candidates": args.candidates,
               "request_bytes": len(pickle.dumps(jobs["full"][0])), "reply_bytes": len(pickle.dumps([1.0] * 4))}
     for layout in args.layouts:
         result[f"workers={layout}"] = measure(layout, config, jobs, args.repeats)

@@ -6,6 +6,7 @@ import ray
 import torch
 
 from dsa.distributed.pool import RayPool
+from evaluators.assets import cache_dir
 from evaluators.models import default_device_dtype
 from evaluators.session import EvaluationSession
 from evaluators.workbench import Workbench
@@ -55,3 +56,23 @@ def test_one_logical_gpu_per_actor():
         assert all(info["device"] == "cpu" for info in infos)
     device, dtype = default_device_dtype(None, None)
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_two_models_share_one_gpu():
+    """One logical GPU, two models: an actor for each, both on that GPU with half of it each."""
+    other = str(cache_dir() / "models" / TEST_CONFIG.model)  # the same weights under a second name
+    args = {m: (dataclasses.replace(TEST_CONFIG, model=m), "wiki/validation", 1, "ppl") for m in (TEST_CONFIG.model, other)}
+    ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=100 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        pool = RayPool.start(args, None, None, None)
+        try:
+            infos = pool.gather("info")
+            free = ray.available_resources().get("GPU", 0.0)
+        finally:
+            pool.close()
+    finally:
+        ray.shutdown()
+    assert sorted(info["model"] for info in infos) == sorted(args)
+    assert [info["visible_gpus"] for info in infos] == ["0", "0"]
+    assert free == pytest.approx(0.0)  # 0.5 + 0.5 of the one GPU

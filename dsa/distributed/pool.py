@@ -121,12 +121,12 @@ class RayPool:
             raise UserError(f"--device {device}: the Ray cluster has no GPUs")
         per_group = workers if workers is not None else max(1, gpus // len(worker_args))
         total = per_group * len(worker_args)
-        limit = gpus or cpus
-        if total > limit and (gpus or workers is not None):
-            raise UserError(f"{total} workers ({per_group} per model) exceed the cluster's {limit} "
-                            f"{'GPUs' if gpus else 'CPU cores'}")
+        if total > cpus and (gpus or workers is not None):
+            raise UserError(f"{total} workers ({per_group} per model) exceed the cluster's {cpus} CPU cores")
         if gpus:
-            options, threads = {"num_gpus": 1, "num_cpus": 1}, None
+            # More actors than GPUs (several small models, one GPU): they share GPUs in equal
+            # fractions, each on one device, each holding its own model there.
+            options, threads = {"num_gpus": min(1.0, gpus / total), "num_cpus": 1}, None
         else:
             # Without GPUs the cores are shared out; several models on fewer cores share them.
             share = cpus / total

@@ -74,10 +74,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="text ATP's difference (and --tune-spread's constant) is chosen on; calib-next: "
                              "the calibration text's windows after the calibration ones, so no validation or "
                              "test text is read to choose (default: %(default)s)")
+    parser.add_argument("--atp-windows", type=int, default=None,
+                        help="windows of --atp-text each grid value is measured on (default: --eval-windows; "
+                             "16 chose better than 4 on calib-next, BENCHMARKS.md section 8)")
 
 
 def _session(args) -> EvaluationSession:
-    if args.seqlen < 2 or args.calib_windows < 1 or args.eval_windows < 1 or args.batch_size < 1:
+    if args.seqlen < 2 or args.calib_windows < 1 or min(args.eval_windows, _atp_windows(args)) < 1 or args.batch_size < 1:
         raise UserError("--seqlen must be >= 2 and window counts and --batch-size >= 1")
     metric = "magnitude" if args.pruner.startswith("magnitude") else "wanda"
     return EvaluationSession(BenchConfig(model=args.model, metric=metric, calib_text=args.calib,
@@ -90,10 +93,17 @@ def _options(args) -> BaselineOptions:
     return BaselineOptions(args.owl_m, args.owl_lambda, eps, args.alpha_mode, args.dlp_alpha, args.atp_step)
 
 
-def _grid_texts(args) -> list[str]:
-    """What each grid point is measured on: the choosing text, then the reported texts, so a
-    report shows what every constant of the grid gives on test text too (one prune each)."""
-    return list(dict.fromkeys([args.atp_text, *args.eval]))
+def _atp_windows(args) -> int:
+    return args.eval_windows if args.atp_windows is None else args.atp_windows
+
+
+def _grid_perplexities(args, session: EvaluationSession, label: str) -> dict[str, float]:
+    """What one grid point gives: the choosing text on --atp-windows, then the reported texts on
+    --eval-windows, so a report shows what every constant of the grid gives on test text too
+    (one prune each). The choosing text keeps its --atp-windows value when it is also reported."""
+    ppl = session.perplexities([args.atp_text], _atp_windows(args), label)
+    others = [text for text in args.eval if text != args.atp_text]
+    return ppl | session.perplexities(others, args.eval_windows, label)
 
 
 def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[BaselineOptions, dict]:
@@ -106,13 +116,14 @@ def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[
     for lam, step in atp_grid(session.n_blocks, sparsity, ATP_LAMBDAS):
         ratios, _ = baseline_ratios("atp", session.bench, sparsity, dataclasses.replace(options, atp_step=step))
         session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl = session.perplexities(_grid_texts(args), args.eval_windows, f"atp step {step:.4g}")
+        ppl = _grid_perplexities(args, session, f"atp step {step:.4g}")
         grid.append({"lambda": lam, "step": step, **ppl})
     chosen = min(grid, key=lambda row: row[args.atp_text])
     steps = ", ".join(f"{row['step']:.4f}" for row in grid)
     print(f"ATP at {sparsity:g}: step {chosen['step']:.5f} chosen on {args.atp_text} (grid {steps})", file=sys.stderr)
     return dataclasses.replace(options, atp_step=chosen["step"]), {"step": chosen["step"], "grid": grid,
-                                                                      "chosen_on": args.atp_text}
+                                                                      "chosen_on": args.atp_text,
+                                                                      "windows": _atp_windows(args)}
 
 
 def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[dict, dict]:
@@ -130,7 +141,7 @@ def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[
             grid.append({"value": value, "invalid": str(err)})
             continue
         session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl = session.perplexities(_grid_texts(args), args.eval_windows, f"{kind} {value:g}")
+        ppl = _grid_perplexities(args, session, f"{kind} {value:g}")
         grid.append({"value": value, **ppl})
     scored = [row for row in grid if args.atp_text in row]
     if not scored:
@@ -139,7 +150,8 @@ def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[
     print(f"--tune-spread: {kind} map constant {chosen['value']:g} chosen on {args.atp_text} (the file's: {own:g}; "
           + ", ".join(f"{row['value']:g} {row[args.atp_text]:.2f}" for row in scored) + ")", file=sys.stderr)
     return with_map_constant(function, chosen["value"]), {"file_constant": own, "chosen": chosen["value"],
-                                                          "chosen_on": args.atp_text, "grid": grid}
+                                                          "chosen_on": args.atp_text, "windows": _atp_windows(args),
+                                                          "grid": grid}
 
 
 def _ratios(args, session: EvaluationSession, function, nm):

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with its lambda, chosen on this text of that model with the final pruner (one prune per "
                         "grid value: 6 + 6); calib-next, the calibration text's windows after the calibration "
                         "ones, reads no validation or test text to choose (may be given with --resume) (default: off)")
+    g.add_argument("--holdout-tune-windows", type=_positive, default=None, metavar="N",
+                   help=f"windows of the --holdout-tune text each grid value is measured on (may be given with "
+                        f"--resume) (default: {r.holdout_tune_windows})")
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")
     g.add_argument("--seqlen", type=_positive, default=b.seqlen, help="tokens per window (default: %(default)s)")
@@ -200,7 +203,8 @@ def config_from_args(args) -> RunConfig:
                      models=models if len(models) > 1 else (), holdout=tuple(dict.fromkeys(args.holdout)),
                      final_pruner=args.final_pruner, rank_check=args.rank_check,
                      final_select=RunConfig.final_select if args.final_select is None else args.final_select,
-                     report_baselines=tuple(dict.fromkeys(args.report_baselines)), holdout_tune=args.holdout_tune or "")
+                     report_baselines=tuple(dict.fromkeys(args.report_baselines)), holdout_tune=args.holdout_tune or "",
+                     holdout_tune_windows=args.holdout_tune_windows or RunConfig.holdout_tune_windows)
 
 
 def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, SearchState]:
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             config = dataclasses.replace(config, final_select=args.final_select)
         if args.holdout_tune is not None:  # how the report replays, not what the search did
             config = dataclasses.replace(config, holdout_tune=args.holdout_tune)
+        if args.holdout_tune_windows is not None:
+            config = dataclasses.replace(config, holdout_tune_windows=args.holdout_tune_windows)
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
     else:
         config, state = config_from_args(args), None

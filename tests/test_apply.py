@@ -21,6 +21,7 @@ import torch
 from sympy.core.function import AppliedUndef
 
 import apply
+from dsa.allocation.allocate import BaselineOptions, baseline_ratios
 from dsa.outputs.export import MODIFIERS, llmcompressor_recipe, recipe_sparsities
 from dsa.functions.files import importance_expr, simplified_expr
 from evaluators.session import EvaluationSession
@@ -505,3 +506,28 @@ def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeyp
     assert report["function"]["map"] == {"kind": "dsa", "lambda": best["value"]}
     assert report["ppl"]["wiki/validation"] == pytest.approx(best["wiki/validation"], rel=1e-9)
     assert f"dsa map constant {best['value']:g} chosen on wiki/validation" in err
+
+
+def test_atp_windows_measure_the_choosing_text_alone(bench, capsys, monkeypatch, tmp_path):
+    """`--atp-windows 3`: each grid point's choosing text (calib-next) is measured on 3 windows, the
+    reported texts on --eval-windows; a choosing text that is also reported keeps its 3-window value."""
+    calls = []
+    perplexities = EvaluationSession.perplexities
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    monkeypatch.setattr(EvaluationSession, "perplexities",
+                        lambda self, texts, windows, label="": calls.append((list(texts), windows))
+                        or perplexities(self, texts, windows, label))
+    try:
+        code, _, err = run_main(capsys, "compare", "--allocations", "atp", "--sparsity", "0.7", "--wanda-form", "cached",
+                                "--atp-text", "calib-next", "--atp-windows", "3", "--eval", "wiki/validation",
+                                "calib-next", "--eval-windows", "1", "--out", str(tmp_path / "cmp"))
+        assert code == 0, err
+        atp = json.loads((tmp_path / "cmp" / "atp.json").read_text())["0.7"]
+        grid_calls = calls[1:1 + 2 * len(atp["grid"])]  # after the dense row
+        assert grid_calls == [(["calib-next"], 3), (["wiki/validation"], 1)] * len(atp["grid"])
+        assert atp["windows"] == 3 and atp["chosen_on"] == "calib-next"
+        last = atp["grid"][-1]
+        EvaluationSession(bench).prune_cached(baseline_ratios("atp", bench, 0.7, BaselineOptions(atp_step=last["step"]))[0])
+        assert last["calib-next"] == pytest.approx(bench.perplexity("calib-next", 3), rel=1e-9)
+    finally:
+        bench.pruner.restore()

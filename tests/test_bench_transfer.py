@@ -1,8 +1,11 @@
 """bench/transfer_table.py and bench/seed_table.py: the tables BENCHMARKS.md prints, from the reports' JSON."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from dsa.outputs.comparison import write_comparison
 
@@ -141,3 +144,22 @@ def test_atp_selection_rules_equal_a_hand_computation(tmp_path):
     # c held out, trained on a, b. Log ratios: 0.04 -> (-0.105, -0.051), 0.08 -> (-0.223, +0.039).
     # Mean: 0.04 -0.078, 0.08 -0.092 -> 0.08. Worst: 0.04 -0.051, 0.08 +0.039 -> 0.04.
     assert out[-1] == "| c | a, b | 0.08 | 0.04 | 45.00 | 40.00 | 40.00 (0.04) | 50.00 |"
+
+
+def test_amplitude_proxies_choose_as_a_hand_computation():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from amplitude_proxy import proxy_choices
+
+    # Two constants, 10 tokens per window. On calib-next's first 4 windows 0.08 is lower (sum 40 vs
+    # 44); over all 8, 0.12 is (88 vs 80). KL prefers 0.12, the report text 0.12: ppl exp(50 / 20).
+    rows = [{"value": 0.08, "calib-next nll": [10.0] * 4 + [12.0] * 4, "calib-next kl": [3.0, 3.0],
+             "report nll": [30.0, 30.0]},
+            {"value": 0.12, "calib-next nll": [11.0] * 4 + [9.0] * 4, "calib-next kl": [2.0, 2.5],
+             "report nll": [25.0, 25.0]}]
+    choices = proxy_choices(rows, 10, "wiki/test")
+    assert list(choices) == ["calib-next ppl, 4 windows", "calib-next ppl, 8 windows", "calib-next KL, 2 windows",
+                             "wiki/test itself (reference)"]
+    assert choices["calib-next ppl, 4 windows"] == {"value": 0.08, "wiki/test": pytest.approx(math.exp(3.0))}
+    assert choices["calib-next ppl, 8 windows"]["value"] == 0.12
+    assert choices["calib-next KL, 2 windows"]["value"] == 0.12
+    assert choices["wiki/test itself (reference)"]["wiki/test"] == pytest.approx(math.exp(2.5))

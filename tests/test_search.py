@@ -356,9 +356,9 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
 def test_holdout_tuning_chooses_on_its_text_alone(bench, tmp_path, monkeypatch):
     """`--holdout-tune calib-next`: on a held-out model the replayed function's map constant and
     ATP's lambda are each the grid point whose final-pruner perplexity on that model's calib-next
-    windows is lowest; no other text is read to choose. ATP's ramp as the function gives ATP's
-    own grid (pruned once: 6 prunes for 12 grid points), and the chosen value's perplexity is a
-    hand prune's."""
+    windows (--holdout-tune-windows of them) is lowest; no other text is read to choose. ATP's ramp
+    as the function gives ATP's own grid (pruned once: 6 prunes for 12 grid points), and the chosen
+    value's perplexity is a hand prune's."""
     from dsa.distributed.pool import InProcessPool
     from dsa.distributed.worker import Worker
     from dsa.functions.pipeline import FeatureMemo
@@ -366,7 +366,7 @@ def test_holdout_tuning_chooses_on_its_text_alone(bench, tmp_path, monkeypatch):
 
     model = bench.config.model
     pool = InProcessPool({model: Worker(bench, "wiki/validation", 1)})
-    config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune="calib-next")
+    config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune="calib-next", holdout_tune_windows=2)
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
             "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.04}}
     memo = FeatureMemo(lambda node: pool.call("features", node, group=model))
@@ -383,11 +383,12 @@ def test_holdout_tuning_chooses_on_its_text_alone(bench, tmp_path, monkeypatch):
         for name, grid in grids.items():
             chosen = min(grid, key=lambda row: row["calib-next"])
             assert tuning[name]["chosen"] == chosen["value"] and tuning[name]["chosen_on"] == "calib-next"
+            assert tuning[name]["windows"] == 2  # its own count, not the report's (1)
         assert allocations["best-tuned"][0] == pytest.approx(allocations["atp-tuned"][0], abs=1e-12)
         assert sum(r * n for r, n in zip(allocations["best-tuned"][0], bench.sizes.tolist())) == pytest.approx(
             0.7 * float(bench.sizes.sum()), rel=1e-9)
         prune(EvaluationSession(bench), allocations["best-tuned"][0], "wanda")
-        by_hand = perplexity(bench.loaded.model, windows("calib-next", config.report_windows), bench.config.batch_size)
+        by_hand = perplexity(bench.loaded.model, windows("calib-next", 2), bench.config.batch_size)
         best = min(row["calib-next"] for row in grids["best-tuned"])
         assert by_hand == pytest.approx(best, rel=1e-6)
     finally:

@@ -117,7 +117,8 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
         for alloc, tuned in (table.get("tuning") or {}).items():
             text = tuned["chosen_on"]
             grid = ", ".join(f"{row['value']:g}: {row[text]:.2f}" for row in tuned["grid"])
-            lines.append(f"{alloc}: map constant {tuned['chosen']:g} chosen on this model's {text} with {pruner} "
+            windows = f"{tuned['windows']} windows of " if "windows" in tuned else ""
+            lines.append(f"{alloc}: map constant {tuned['chosen']:g} chosen on {windows}this model's {text} with {pruner} "
                          f"({grid}).")
         forms = table.get("forms", {})
         if forms.get("count", 0) >= 2:

@@ -51,6 +51,7 @@ class RunConfig:
     final_select: int = 0       # >= 2: the reported function is the best of this many under the final pruner
     report_baselines: tuple = REPORT_BASELINES  # the baselines the report prunes beside the best
     holdout_tune: str = ""      # a text of each held-out model the function's amplitude and ATP's are chosen on
+    holdout_tune_windows: int = 16  # its windows: 4 chose a worse amplitude in 2 of 8 grids (BENCHMARKS 8)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,9 +132,11 @@ def target_reports(search, pool, config: RunConfig, best) -> list[dict]:
     return tables
 
 
-def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]], texts: list | None = None) -> list[dict]:
+def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]], texts: list | None = None,
+                       windows: int | None = None) -> list[dict]:
     """Every report text (and the fitness text, more windows) after pruning with the final pruner;
-    `routed`: (model, ratios) pairs, each pruned by a worker of its model; `texts`: only these.
+    `routed`: (model, ratios) pairs, each pruned by a worker of its model; `texts`: only these, on
+    `windows` windows each (default: the report's).
 
     The test texts are read here, after selection has ended, and nowhere else."""
     texts = texts or [config.fitness_text, *config.report_texts]
@@ -142,7 +145,7 @@ def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]], 
     keys = [(model, tuple(round(float(x), 9) for x in r)) for model, r in routed]
     unique = list(dict.fromkeys(keys))
     first = {key: routed[keys.index(key)] for key in unique}
-    jobs = [(model, (r, config.final_pruner, texts, config.report_windows)) for model, r in first.values()]
+    jobs = [(model, (r, config.final_pruner, texts, windows or config.report_windows)) for model, r in first.values()]
     models = sorted({model for model, _ in routed})
     measured = pool.map_routed("final_perplexities", jobs, f"{config.final_pruner} on {', '.join(models)}")
     by_key = dict(zip(unique, measured))
@@ -240,13 +243,14 @@ def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, s
     for lam, step in atp_grid(len(sizes), sparsity, ATP_LAMBDAS):
         grids["atp-tuned"].append((lam, *pool.call("baseline", "atp", sparsity, step, group=model)))
     measured = iter(final_perplexities(pool, config, [(model, r) for rows in grids.values() for _, r, _ in rows],
-                                       texts=[text]))
+                                       texts=[text], windows=config.holdout_tune_windows))
     allocations, tuning = {}, {}
     for name, rows in grids.items():
         grid = [{"value": value, text: next(measured)[text]} for value, _, _ in rows]
         chosen = min(range(len(rows)), key=lambda i: grid[i][text])
         allocations[name] = rows[chosen][1:]
-        tuning[name] = {"chosen": rows[chosen][0], "chosen_on": text, "grid": grid}
+        tuning[name] = {"chosen": rows[chosen][0], "chosen_on": text, "windows": config.holdout_tune_windows,
+                        "grid": grid}
     return allocations, tuning
 
 

@@ -51,7 +51,7 @@ class RunConfig:
     final_select: int = 0       # >= 2: the reported function is the best of this many under the final pruner
     report_baselines: tuple = REPORT_BASELINES  # the baselines the report prunes beside the best
     holdout_tune: str = ""      # a text of each held-out model the function's amplitude and ATP's are chosen on
-    holdout_tune_windows: int = 16  # its windows: 4 chose a worse amplitude in 2 of 8 grids (BENCHMARKS 8)
+    holdout_tune_windows: int = 16  # its windows: on 4, noise chose a worse amplitude on Gemma-3 (BENCHMARKS 8)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -46,17 +46,11 @@ def grid_allocations(session, sparsity: float, function: dict | None) -> list[tu
 
 
 @torch.no_grad()
-def logprobs(session, window: torch.Tensor) -> torch.Tensor:
-    model = session.bench.loaded.model
-    return torch.log_softmax(model(window[None].to(session.bench.loaded.device), use_cache=False).logits[0, :-1].float(), -1)
-
-
-@torch.no_grad()
 def window_losses(session, windows: torch.Tensor, dense: list[torch.Tensor] | None = None) -> tuple[list, list]:
     """Per-window summed NLL and, for the first len(dense) windows, summed KL(dense || pruned)."""
     nll, kl = [], []
     for index, window in enumerate(windows):
-        lp = logprobs(session, window)
+        lp = session._logprobs(window)  # the session's own, as its KL fitness uses
         nll.append(-lp.gather(1, window[1:, None].to(lp.device)).sum().item())
         if dense is not None and index < len(dense):
             kl.append(F.kl_div(lp, dense[index], log_target=True, reduction="sum").item())
@@ -99,7 +93,7 @@ def main():
     proxy = session.bench.windows("calib-next", args.proxy_windows)
     report = session.bench.windows(args.report_text, args.report_windows)
     tokens = proxy.shape[1] - 1
-    dense = [logprobs(session, w) for w in proxy[:args.kl_windows]]
+    dense = [session._logprobs(w) for w in proxy[:args.kl_windows]]
     function = load_function(args.function) if args.function else None
     rows = []
     for value, ratios in grid_allocations(session, args.sparsity, function):

@@ -87,13 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout", nargs="+", default=[], metavar="MODEL",
                    help="models the search never sees: the best function and the baselines are replayed on "
                         "them after the search, with the final pruner (transfer table in the report)")
-    g.add_argument("--holdout-tune", default=None, metavar="TEXT",
+    g.add_argument("--holdout-tune", nargs="+", default=None, metavar="TEXT",
                    help="on each held-out model, also replay the best function with its map constant, and ATP "
-                        "with its lambda, chosen on this text of that model with the final pruner (one prune per "
-                        "grid value: 6 + 6); calib-next, the calibration text's windows after the calibration "
-                        "ones, reads no validation or test text to choose (may be given with --resume) (default: off)")
+                        "with its lambda, chosen on these texts of that model with the final pruner (one prune per "
+                        "grid value: 6 + 6; several texts: the lowest geometric mean of their perplexities); "
+                        "calib-next, the calibration text's windows after the calibration ones, and ptb/train read "
+                        "no validation or test text to choose (may be given with --resume) (default: off)")
     g.add_argument("--holdout-tune-windows", type=_positive, default=None, metavar="N",
-                   help=f"windows of the --holdout-tune text each grid value is measured on (may be given with "
+                   help=f"windows of each --holdout-tune text each grid value is measured on (may be given with "
                         f"--resume) (default: {r.holdout_tune_windows})")
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")
@@ -203,7 +204,7 @@ def config_from_args(args) -> RunConfig:
                      models=models if len(models) > 1 else (), holdout=tuple(dict.fromkeys(args.holdout)),
                      final_pruner=args.final_pruner, rank_check=args.rank_check,
                      final_select=RunConfig.final_select if args.final_select is None else args.final_select,
-                     report_baselines=tuple(dict.fromkeys(args.report_baselines)), holdout_tune=args.holdout_tune or "",
+                     report_baselines=tuple(dict.fromkeys(args.report_baselines)), holdout_tune=tuple(dict.fromkeys(args.holdout_tune or ())),
                      holdout_tune_windows=args.holdout_tune_windows or RunConfig.holdout_tune_windows)
 
 
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.final_select is not None:  # how the report chooses, not what the search did
             config = dataclasses.replace(config, final_select=args.final_select)
         if args.holdout_tune is not None:  # how the report replays, not what the search did
-            config = dataclasses.replace(config, holdout_tune=args.holdout_tune)
+            config = dataclasses.replace(config, holdout_tune=tuple(dict.fromkeys(args.holdout_tune)))
         if args.holdout_tune_windows is not None:
             config = dataclasses.replace(config, holdout_tune_windows=args.holdout_tune_windows)
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
@@ -248,8 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--final-select chooses among functions; a per-block search has none")
     if config.holdout_tune and not config.holdout:
         raise UserError("--holdout-tune chooses amplitudes on held-out models: give them with --holdout")
-    if config.holdout_tune in config.report_texts:
-        raise UserError(f"--holdout-tune {config.holdout_tune} is a report text: choosing on it would read the test text")
+    for text in [t for t in config.holdout_tune if t in config.report_texts]:
+        raise UserError(f"--holdout-tune {text} is a report text: choosing on it would read the test text")
     if args.workers == 0 and args.address:
         raise UserError("--address needs Ray workers; drop --workers 0")
     check_output_dir(config.results_dir, "--results-dir")

@@ -4,10 +4,11 @@
 
 ATP's ramp (or a function file's shape) at each constant of its amplitude grid, pruned once with the
 final pruner (sequential Wanda); then, from one forward pass per window, the per-window NLL and KL to
-the dense model on `calib-next` (the calibration text's next windows: what a replay may read), and
-the per-window NLL on the report text. The table says what each proxy (calib-next perplexity over
-the first 4, 8, 16 windows; KL over the first --kl-windows) would choose, and what the choice gives
-on the report text, beside the report text's own best constant. -> --out JSON
+the dense model on `calib-next` (the calibration text's next windows: what a replay may read), the
+per-window NLL on any --extra-texts (other text a replay may read, such as ptb/train), and on the
+report text. The table says what each proxy (each text's perplexity over its first 4, 8, 16 windows;
+KL over the first --kl-windows; the mean log-perplexity over all proxy texts) would choose, and what
+the choice gives on the report text, beside the report text's own best constant. -> --out JSON
 """
 import argparse
 import json
@@ -61,17 +62,25 @@ def ppl(nll: list[float], tokens: int, count: int) -> float:
     return math.exp(sum(nll[:count]) / (tokens * count))
 
 
-def proxy_choices(rows: list[dict], tokens: int, report_text: str) -> dict[str, dict]:
-    """Each proxy's chosen constant and what it gives on the report text: calib-next perplexity over
-    its first 4, 8 and all windows, KL over the windows that have it, and the report text itself."""
+def proxy_choices(rows: list[dict], tokens: int, report_text: str, proxy_texts=("calib-next",)) -> dict[str, dict]:
+    """Each proxy's chosen constant and what it gives on the report text: each proxy text's perplexity
+    over its first 4, 8 and all windows, calib-next's KL over the windows that have it, the mean over
+    proxy texts of their log-perplexities (when there are several), and the report text itself."""
     def choice(score):
         best = min(rows, key=score)
         return {"value": best["value"], report_text: ppl(best["report nll"], tokens, len(best["report nll"]))}
 
-    measured = len(rows[0]["calib-next nll"])
-    choices = {f"calib-next ppl, {n} windows": choice(lambda r, n=n: sum(r["calib-next nll"][:n]))
-               for n in sorted({4, 8, measured}) if n <= measured}
-    choices[f"calib-next KL, {len(rows[0]['calib-next kl'])} windows"] = choice(lambda r: sum(r["calib-next kl"]))
+    choices = {}
+    for text in proxy_texts:
+        measured = len(rows[0][f"{text} nll"])
+        choices.update({f"{text} ppl, {n} windows": choice(lambda r, n=n, t=text: sum(r[f"{t} nll"][:n]))
+                        for n in sorted({4, 8, measured}) if n <= measured})
+        if text == "calib-next":
+            choices[f"calib-next KL, {len(rows[0]['calib-next kl'])} windows"] = choice(lambda r: sum(r["calib-next kl"]))
+    if len(proxy_texts) > 1:
+        # Mean per-token NLL per text, then their mean: each text weighs the same, as models do in the search.
+        choices["mean log-ppl of " + " + ".join(proxy_texts)] = choice(
+            lambda r: sum(sum(r[f"{t} nll"]) / len(r[f"{t} nll"]) for t in proxy_texts))
     choices[f"{report_text} itself (reference)"] = choice(lambda r: sum(r["report nll"]))
     return choices
 
@@ -83,6 +92,8 @@ def main():
     parser.add_argument("--function", help="a function file: its shape, amplitude from its grid (default: ATP's ramp)")
     parser.add_argument("--calib-windows", type=int, default=8)
     parser.add_argument("--proxy-windows", type=int, default=16, help="calib-next windows measured")
+    parser.add_argument("--extra-texts", nargs="*", default=[], metavar="TEXT",
+                        help="other texts a replay may read, measured beside calib-next (e.g. ptb/train)")
     parser.add_argument("--kl-windows", type=int, default=8, help="of those, the first N also get KL to dense")
     parser.add_argument("--report-text", default="wiki/test")
     parser.add_argument("--report-windows", type=int, default=16)
@@ -91,6 +102,7 @@ def main():
 
     session = EvaluationSession(BenchConfig(model=args.model, calib_windows=args.calib_windows))
     proxy = session.bench.windows("calib-next", args.proxy_windows)
+    extras = {text: session.bench.windows(text, args.proxy_windows) for text in args.extra_texts}
     report = session.bench.windows(args.report_text, args.report_windows)
     tokens = proxy.shape[1] - 1
     dense = [session._logprobs(w) for w in proxy[:args.kl_windows]]
@@ -99,19 +111,23 @@ def main():
     for value, ratios in grid_allocations(session, args.sparsity, function):
         session.prune(ratios, "wanda")
         proxy_nll, proxy_kl = window_losses(session, proxy, dense)
+        extra_nll = {f"{text} nll": window_losses(session, windows)[0] for text, windows in extras.items()}
         report_nll, _ = window_losses(session, report)
         session.restore()
-        rows.append({"value": value, "calib-next nll": proxy_nll, "calib-next kl": proxy_kl, "report nll": report_nll})
+        rows.append({"value": value, "calib-next nll": proxy_nll, "calib-next kl": proxy_kl, **extra_nll,
+                     "report nll": report_nll})
+        extra_text = "".join(f" {key[:-4]} {ppl(nll, tokens, len(nll)):.2f}" for key, nll in extra_nll.items())
         print(f"{value:g}: calib-next ppl {ppl(proxy_nll, tokens, len(proxy_nll)):.2f} kl/token "
-              f"{sum(proxy_kl) / (tokens * len(proxy_kl)):.4f} {args.report_text} {ppl(report_nll, tokens, len(report_nll)):.2f}",
-              flush=True)
+              f"{sum(proxy_kl) / (tokens * len(proxy_kl)):.4f}{extra_text} "
+              f"{args.report_text} {ppl(report_nll, tokens, len(report_nll)):.2f}", flush=True)
 
-    choices = proxy_choices(rows, tokens, args.report_text)
+    choices = proxy_choices(rows, tokens, args.report_text, ("calib-next", *args.extra_texts))
     for name, chosen in choices.items():
         print(f"{name}: {chosen['value']:g} -> {args.report_text} {chosen[args.report_text]:.2f}")
     atomic_write_text(args.out, json.dumps({"model": args.model, "sparsity": args.sparsity, "function": args.function,
                                             "calib_windows": args.calib_windows, "tokens_per_window": tokens,
-                                            "report_text": args.report_text, "rows": rows, "choices": choices}, indent=1))
+                                            "report_text": args.report_text,
+                                            "extra_texts": args.extra_texts, "rows": rows, "choices": choices}, indent=1))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ def run_search(capsys, *argv):
     (("--per-block", "--random-search"), "choose one"),
     (("--final-select", "1"), "K >= 2"), (("--per-block", "--final-select", "3"), "a per-block search has none"),
     (("--per-block", "--operands", "depth"), "a per-block search reads none"),
+    (("--holdout-tune", "calib-next"), "give them with --holdout"),
+    (("--holdout", "gemma3-270m", "--holdout-tune", "calib-next", "ptb/test"), "--holdout-tune ptb/test is a report text"),
 ])
 def test_search_options_refused_before_any_work(capsys, argv, message):
     code, line = run_search(capsys, *argv)

@@ -104,6 +104,12 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
         assert set(entry["final"]) == {"wiki/validation", "wiki/test"} and min(entry["final"].values()) > 1
     assert len(table["allocations"]["best"]["block_metric"]) == len(bench.blocks)
     assert table["forms"]["count"] == 2 and -1 <= table["forms"]["spearman"] <= 1
+    # The unpruned reference row: the dense model on the same texts and windows, below every pruned row.
+    EvaluationSession(bench).restore()
+    assert table["dense"] == {text: pytest.approx(bench.perplexity(text, 1), rel=1e-9)
+                              for text in ("wiki/validation", "wiki/test")}
+    assert all(table["dense"][text] < entry["final"][text] for entry in table["allocations"].values()
+               for text in table["dense"])
     out = tmp_path / "results" / "whole"
     # The exported function file replays to exactly the ratios the search found.
     replayed, _ = function_ratios(load_function(out / "best.json"), EvaluationSession(bench).block_matrices,
@@ -111,6 +117,7 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
     assert replayed == whole["best"]["ratios"]
     for name in ("best.json", "formula.txt", "ratios.csv", "report.json", "report.md", "convergence.png", "allocation.png"):
         assert (out / name).stat().st_size > 0, name
+    assert f"| dense (unpruned) | - | {table['dense']['wiki/validation']:.3f} |" in (out / "report.md").read_text()
 
 
 def test_kl_objective(dense_bench):
@@ -351,14 +358,15 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
     # Same weights, same function: the replay on the "held-out" copy gives the same ratios.
     held = report["targets"][f"{other}@0.7"]["allocations"]["best"]["ratios"]
     assert held == pytest.approx(report["best"]["ratios"], abs=1e-12)
+    assert report["targets"][f"{other}@0.7"]["dense"] == report["targets"][f"{bench.config.model}@0.7"]["dense"]
 
 
-def test_holdout_tuning_chooses_on_its_text_alone(bench, tmp_path, monkeypatch):
-    """`--holdout-tune calib-next`: on a held-out model the replayed function's map constant and
-    ATP's lambda are each the grid point whose final-pruner perplexity on that model's calib-next
-    windows (--holdout-tune-windows of them) is lowest; no other text is read to choose. ATP's ramp
-    as the function gives ATP's own grid (pruned once: 6 prunes for 12 grid points), and the chosen
-    value's perplexity is a hand prune's."""
+def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch):
+    """`--holdout-tune calib-next ptb/train`: on a held-out model the replayed function's map constant
+    and ATP's lambda are each the grid point whose final-pruner perplexities on that model's
+    calib-next and ptb/train windows (--holdout-tune-windows of each) have the lowest geometric
+    mean; no other text is read to choose. ATP's ramp as the function gives ATP's own grid (pruned
+    once: 6 prunes for 12 grid points), and the chosen value's perplexities are a hand prune's."""
     from dsa.distributed.pool import InProcessPool
     from dsa.distributed.worker import Worker
     from dsa.functions.pipeline import FeatureMemo
@@ -366,7 +374,10 @@ def test_holdout_tuning_chooses_on_its_text_alone(bench, tmp_path, monkeypatch):
 
     model = bench.config.model
     pool = InProcessPool({model: Worker(bench, "wiki/validation", 1)})
-    config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune="calib-next", holdout_tune_windows=2)
+    texts = ("calib-next", "ptb/train")
+    config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune=texts, holdout_tune_windows=2)
+    # A checkpoint of an older run names one text as a string.
+    assert runner.RunConfig.from_dict({**config.as_dict(), "holdout_tune": "calib-next"}).holdout_tune == ("calib-next",)
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
             "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.04}}
     memo = FeatureMemo(lambda node: pool.call("features", node, group=model))
@@ -376,21 +387,25 @@ def test_holdout_tuning_chooses_on_its_text_alone(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(EvaluationSession, "prune", lambda self, *a, **k: prunes.append(a[0]) or prune(self, *a, **k))
     try:
         allocations, tuning = runner.tune_on_holdout(pool, config, model, ramp, memo, bench.sizes, 0.7)
-        assert set(reads) == {"calib-next"} and len(prunes) == 6
+        assert set(reads) == set(texts) and len(prunes) == 6
         grids = {name: tuning[name]["grid"] for name in ("best-tuned", "atp-tuned")}
         assert [row["value"] for row in grids["best-tuned"]] == [0.04, 0.08, 0.12, 0.15, 0.2, 0.25]
         assert grids["best-tuned"] == grids["atp-tuned"]  # the same ramps, the same numbers
+        label = "calib-next + ptb/train"
         for name, grid in grids.items():
-            chosen = min(grid, key=lambda row: row["calib-next"])
-            assert tuning[name]["chosen"] == chosen["value"] and tuning[name]["chosen_on"] == "calib-next"
+            for row in grid:
+                assert row[label] == pytest.approx(math.sqrt(row["calib-next"] * row["ptb/train"]), rel=1e-12)
+            chosen = min(grid, key=lambda row: math.log(row["calib-next"]) + math.log(row["ptb/train"]))
+            assert tuning[name]["chosen"] == chosen["value"] and tuning[name]["chosen_on"] == label
             assert tuning[name]["windows"] == 2  # its own count, not the report's (1)
         assert allocations["best-tuned"][0] == pytest.approx(allocations["atp-tuned"][0], abs=1e-12)
         assert sum(r * n for r, n in zip(allocations["best-tuned"][0], bench.sizes.tolist())) == pytest.approx(
             0.7 * float(bench.sizes.sum()), rel=1e-9)
         prune(EvaluationSession(bench), allocations["best-tuned"][0], "wanda")
-        by_hand = perplexity(bench.loaded.model, windows("calib-next", 2), bench.config.batch_size)
-        best = min(row["calib-next"] for row in grids["best-tuned"])
-        assert by_hand == pytest.approx(best, rel=1e-6)
+        chosen = next(row for row in grids["best-tuned"] if row["value"] == tuning["best-tuned"]["chosen"])
+        for text in texts:
+            by_hand = perplexity(bench.loaded.model, windows(text, 2), bench.config.batch_size)
+            assert by_hand == pytest.approx(chosen[text], rel=1e-6)
     finally:
         bench.pruner.restore()
 

@@ -60,5 +60,10 @@ class Worker:
         self.session.prune(ratios, pruner)
         return self.session.perplexities(texts, windows)
 
+    def dense_perplexities(self, texts: list[str], windows: int) -> dict[str, float]:
+        """Perplexity of the unpruned model on each text: the report's reference row."""
+        self.session.restore()
+        return self.session.perplexities(texts, windows)
+
     def memory(self) -> dict[str, int]:
         return self.session.memory()

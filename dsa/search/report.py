@@ -100,6 +100,8 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
         for alloc, entry in table["allocations"].items():
             fitness = "-" if entry["val_fitness"] is None else f"{entry['val_fitness']:.3f}"
             lines.append(f"| {alloc} | {fitness} | " + " | ".join(f"{entry['final'][t]:.3f}" for t in texts) + " |")
+        if "dense" in table:  # reports written before the dense row have none
+            lines.append("| dense (unpruned) | - | " + " | ".join(f"{table['dense'][t]:.3f}" for t in texts) + " |")
         best_text = config["report_texts"][0]
         final = {a: e["final"][best_text] for a, e in table["allocations"].items()}
         baselines = {a: v for a, v in final.items() if not a.startswith("best")}  # best-tuned is the function too

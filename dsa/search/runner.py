@@ -50,7 +50,7 @@ class RunConfig:
     rank_check: int = 4         # distinct final-population allocations re-measured with the final pruner
     final_select: int = 0       # >= 2: the reported function is the best of this many under the final pruner
     report_baselines: tuple = REPORT_BASELINES  # the baselines the report prunes beside the best
-    holdout_tune: str = ""      # a text of each held-out model the function's amplitude and ATP's are chosen on
+    holdout_tune: tuple = ()    # texts of each held-out model the function's amplitude and ATP's are chosen on
     holdout_tune_windows: int = 16  # its windows: on 4, noise chose a worse amplitude on Gemma-3 (BENCHMARKS 8)
 
     def as_dict(self) -> dict:
@@ -60,6 +60,8 @@ class RunConfig:
     def from_dict(cls, data: dict) -> "RunConfig":
         tuples = {k: tuple(data.get(k, ())) for k in ("report_texts", "models", "holdout")}
         tuples["report_baselines"] = tuple(data.get("report_baselines", REPORT_BASELINES))
+        tune = data.get("holdout_tune", ())
+        tuples["holdout_tune"] = (tune,) if tune and isinstance(tune, str) else tuple(tune or ())  # older: one text
         search = {**data["search"], **{k: tuple(data["search"].get(k, ())) for k in ("sparsities", "operands")}}
         return cls(**{**data, **tuples, "bench": BenchConfig(**data["bench"]), "search": SearchConfig(**search)})
 
@@ -122,14 +124,22 @@ def target_reports(search, pool, config: RunConfig, best) -> list[dict]:
         flat = iter(pool.map_routed("validation_ppl", [(p["model"], (r,)) for p, rs in zip(prepared, ratios) for r in rs]))
         vals = [[next(flat) for _ in rs] for rs in ratios]
     final = iter(final_perplexities(pool, config, [(p["model"], r) for p, rs in zip(prepared, ratios) for r in rs]))
+    dense = {model: dense_perplexities(pool, config, model) for model in dict.fromkeys(p["model"] for p in prepared)}
     tables = []
     for index, (p, val) in enumerate(zip(prepared, vals)):
         entries = {name: {"ratios": r, "block_metric": m, "val_fitness": v, "final": next(final)}
                    for (name, (r, m)), v in zip(p["allocations"].items(), val)}
         known = {ratio_key(e["ratios"]): e["final"][config.fitness_text] for e in entries.values()}
         tables.append({"model": p["model"], "sparsity": p["sparsity"], "trained": True, "allocations": entries,
-                       "atp": p["atp"], "forms": forms_agreement(search, pool, config, index, known)})
+                       "dense": dense[p["model"]], "atp": p["atp"], "forms": forms_agreement(search, pool, config, index, known)})
     return tables
+
+
+def dense_perplexities(pool, config: RunConfig, model: str) -> dict[str, float]:
+    """The unpruned model on the report's texts and windows: a pruned row far above it is
+    the pruning's cost, a dense row far above the model's known perplexity a loading fault."""
+    return pool.call("dense_perplexities", [config.fitness_text, *config.report_texts], config.report_windows,
+                     group=model)
 
 
 def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]], texts: list | None = None,
@@ -203,6 +213,7 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
         for model in config.holdout:
             info = pool.call("info", group=model)
             sizes = torch.tensor(info["sizes"], dtype=torch.float64)
+            dense = dense_perplexities(pool, config, model)
             for sparsity in config.sparsities():
                 memo = FeatureMemo(_remote_features(pool, model))
                 root = search.root(best)
@@ -219,7 +230,7 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
                 entries = {name: {"ratios": r, "block_metric": m, "val_fitness": None, "final": f}
                            for (name, (r, m)), f in zip(allocations.items(), final)}
                 out[f"{model}@{sparsity:g}"] = {"model": model, "sparsity": sparsity, "trained": False,
-                                                "allocations": entries, "atp": atp, "tuning": tuning}
+                                                "allocations": entries, "dense": dense, "atp": atp, "tuning": tuning}
         return out
     finally:
         pool.close()
@@ -227,12 +238,17 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
 
 def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, sizes, sparsity: float):
     """The replayed function with its map constant, and ATP with its lambda, chosen on the held-out
-    model's own `config.holdout_tune` text with the final pruner: the shape comes from the search,
-    the amplitude from the new model, as `apply.py --tune-spread --atp-text TEXT` does. Only that
-    text is read to choose; the report texts are measured afterwards, on the chosen two.
+    model's own `config.holdout_tune` texts with the final pruner: the shape comes from the search,
+    the amplitude from the new model, as `apply.py --tune-spread --atp-text TEXT` does. Only those
+    texts are read to choose; the report texts are measured afterwards, on the chosen two.
+
+    With several texts a grid point's score is the geometric mean of their perplexities (the mean
+    log-perplexity, each text weighing the same, as models do in the search's score), recorded
+    under the texts' names joined by " + ".
 
     Returns ({"best-tuned": (ratios, values), "atp-tuned": (ratios, metric)}, their grids)."""
-    text, grids = config.holdout_tune, {"best-tuned": [], "atp-tuned": []}
+    texts, grids = list(config.holdout_tune), {"best-tuned": [], "atp-tuned": []}
+    label = " + ".join(texts)
     for value in amplitude_grid(function):
         root = function_root(with_map_constant(function, value))
         try:
@@ -243,13 +259,16 @@ def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, s
     for lam, step in atp_grid(len(sizes), sparsity, ATP_LAMBDAS):
         grids["atp-tuned"].append((lam, *pool.call("baseline", "atp", sparsity, step, group=model)))
     measured = iter(final_perplexities(pool, config, [(model, r) for rows in grids.values() for _, r, _ in rows],
-                                       texts=[text], windows=config.holdout_tune_windows))
+                                       texts=texts, windows=config.holdout_tune_windows))
     allocations, tuning = {}, {}
     for name, rows in grids.items():
-        grid = [{"value": value, text: next(measured)[text]} for value, _, _ in rows]
-        chosen = min(range(len(rows)), key=lambda i: grid[i][text])
+        grid = [{"value": value, **next(measured)} for value, _, _ in rows]
+        if len(texts) > 1:
+            for row in grid:
+                row[label] = math.exp(sum(math.log(row[text]) for text in texts) / len(texts))
+        chosen = min(range(len(rows)), key=lambda i: grid[i][label])
         allocations[name] = rows[chosen][1:]
-        tuning[name] = {"chosen": rows[chosen][0], "chosen_on": text, "windows": config.holdout_tune_windows,
+        tuning[name] = {"chosen": rows[chosen][0], "chosen_on": label, "windows": config.holdout_tune_windows,
                         "grid": grid}
     return allocations, tuning
 
@@ -321,7 +340,7 @@ def check_inputs(config: RunConfig, here: bool) -> None:
     for model in (*config.model_names(), *config.holdout):
         check_config(dataclasses.replace(config.bench, model=model), here)
     if here:
-        for text in (config.fitness_text, *config.report_texts, *([config.holdout_tune] if config.holdout_tune else [])):
+        for text in (config.fitness_text, *config.report_texts, *config.holdout_tune):
             check_text(text)
 
 

@@ -163,3 +163,9 @@ def test_amplitude_proxies_choose_as_a_hand_computation():
     assert choices["calib-next ppl, 8 windows"]["value"] == 0.12
     assert choices["calib-next KL, 2 windows"]["value"] == 0.12
     assert choices["wiki/test itself (reference)"]["wiki/test"] == pytest.approx(math.exp(2.5))
+    # A second text: ptb/train alone prefers 0.08 (mean NLL 10 vs 10.5); with calib-next's means
+    # (11 vs 10) the geometric mean of the two perplexities prefers 0.12 (21 vs 20.5 in log terms).
+    rows[0]["ptb/train nll"], rows[1]["ptb/train nll"] = [10.0, 10.0], [10.5, 10.5]
+    both = proxy_choices(rows, 10, "wiki/test", ("calib-next", "ptb/train"))
+    assert both["ptb/train ppl, 2 windows"]["value"] == 0.08
+    assert both["mean log-ppl of calib-next + ptb/train"]["value"] == 0.12

@@ -91,7 +91,7 @@ def main():
     parser.add_argument("--sparsity", type=float, required=True)
     parser.add_argument("--function", help="a function file: its shape, amplitude from its grid (default: ATP's ramp)")
     parser.add_argument("--calib-windows", type=int, default=8)
-    parser.add_argument("--proxy-windows", type=int, default=16, help="calib-next windows measured")
+    parser.add_argument("--proxy-windows", type=int, default=16, help="windows measured of calib-next and of each --extra-texts")
     parser.add_argument("--extra-texts", nargs="*", default=[], metavar="TEXT",
                         help="other texts a replay may read, measured beside calib-next (e.g. ptb/train)")
     parser.add_argument("--kl-windows", type=int, default=8, help="of those, the first N also get KL to dense")

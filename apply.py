@@ -20,7 +20,7 @@ from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.allocation.baselines import atp_grid
 from dsa.allocation.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
 from dsa.functions.files import describe, importance_expr, map_of, same_formula, with_map_constant
-from dsa.functions.replay import amplitude_grid, function_ratios, load_function
+from dsa.functions.replay import amplitude_grid, choice_score, function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
 from evaluators.cache import atomic_write_text
@@ -70,10 +70,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dlp-alpha", type=float, default=DLP_ALPHA, help="DLP ratio spread alpha (default: %(default)s)")
     parser.add_argument("--atp-step", type=float, default=None,
                         help="ATP's common difference (default: chosen on --atp-text from a grid, with the final pruner)")
-    parser.add_argument("--atp-text", default="wiki/validation",
-                        help="text ATP's difference (and --tune-spread's constant) is chosen on; calib-next: "
-                             "the calibration text's windows after the calibration ones, so no validation or "
-                             "test text is read to choose (default: %(default)s)")
+    parser.add_argument("--atp-text", nargs="+", default=["wiki/validation"], metavar="TEXT",
+                        help="text(s) ATP's difference (and --tune-spread's constant) is chosen on; several: the "
+                             "lowest geometric mean of their perplexities; calib-next (the calibration text's "
+                             "windows after the calibration ones) and ptb/train read no validation or test text "
+                             "to choose (default: wiki/validation)")
     parser.add_argument("--atp-windows", type=int, default=None,
                         help="windows of --atp-text each grid value is measured on (default: --eval-windows; "
                              "16 chose better than 4 on calib-next, BENCHMARKS.md section 8)")
@@ -101,14 +102,21 @@ def _grid_perplexities(args, session: EvaluationSession, label: str) -> dict[str
     """What one grid point gives: the choosing text on --atp-windows, then the reported texts on
     --eval-windows, so a report shows what every constant of the grid gives on test text too
     (one prune each). The choosing text keeps its --atp-windows value when it is also reported."""
-    ppl = session.perplexities([args.atp_text], _atp_windows(args), label)
-    others = [text for text in args.eval if text != args.atp_text]
+    choosing = list(dict.fromkeys(args.atp_text))
+    ppl = session.perplexities(choosing, _atp_windows(args), label)
+    choice_score(ppl, choosing)
+    others = [text for text in args.eval if text not in choosing]
     return ppl | session.perplexities(others, args.eval_windows, label)
+
+
+def _chosen_on(args) -> str:
+    """The grid rows' key the choice is made by (one text, or several joined by " + ")."""
+    return " + ".join(dict.fromkeys(args.atp_text))
 
 
 def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[BaselineOptions, dict]:
     """ATP's common difference: the user's, or the grid point with the lowest perplexity on the
-    validation text (--atp-text) after pruning with the final pruner."""
+    --atp-text text(s) after pruning with the final pruner."""
     options = _options(args)
     if args.atp_step is not None:
         return options, {"step": args.atp_step, "chosen_by": "--atp-step"}
@@ -118,11 +126,11 @@ def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[
         session.prune(ratios, args.pruner, nm, args.wanda_form)
         ppl = _grid_perplexities(args, session, f"atp step {step:.4g}")
         grid.append({"lambda": lam, "step": step, **ppl})
-    chosen = min(grid, key=lambda row: row[args.atp_text])
+    chosen = min(grid, key=lambda row: row[_chosen_on(args)])
     steps = ", ".join(f"{row['step']:.4f}" for row in grid)
-    print(f"ATP at {sparsity:g}: step {chosen['step']:.5f} chosen on {args.atp_text} (grid {steps})", file=sys.stderr)
+    print(f"ATP at {sparsity:g}: step {chosen['step']:.5f} chosen on {_chosen_on(args)} (grid {steps})", file=sys.stderr)
     return dataclasses.replace(options, atp_step=chosen["step"]), {"step": chosen["step"], "grid": grid,
-                                                                      "chosen_on": args.atp_text,
+                                                                      "chosen_on": _chosen_on(args),
                                                                       "windows": _atp_windows(args)}
 
 
@@ -143,14 +151,15 @@ def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[
         session.prune(ratios, args.pruner, nm, args.wanda_form)
         ppl = _grid_perplexities(args, session, f"{kind} {value:g}")
         grid.append({"value": value, **ppl})
-    scored = [row for row in grid if args.atp_text in row]
+    key = _chosen_on(args)
+    scored = [row for row in grid if key in row]
     if not scored:
         raise UserError(f"no constant of the grid gives valid ratios at sparsity {args.sparsity:g}")
-    chosen = min(scored, key=lambda row: row[args.atp_text])
-    print(f"--tune-spread: {kind} map constant {chosen['value']:g} chosen on {args.atp_text} (the file's: {own:g}; "
-          + ", ".join(f"{row['value']:g} {row[args.atp_text]:.2f}" for row in scored) + ")", file=sys.stderr)
+    chosen = min(scored, key=lambda row: row[key])
+    print(f"--tune-spread: {kind} map constant {chosen['value']:g} chosen on {key} (the file's: {own:g}; "
+          + ", ".join(f"{row['value']:g} {row[key]:.2f}" for row in scored) + ")", file=sys.stderr)
     return with_map_constant(function, chosen["value"]), {"file_constant": own, "chosen": chosen["value"],
-                                                          "chosen_on": args.atp_text, "windows": _atp_windows(args),
+                                                          "chosen_on": key, "windows": _atp_windows(args),
                                                           "grid": grid}
 
 

@@ -508,9 +508,10 @@ def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeyp
     assert f"dsa map constant {best['value']:g} chosen on wiki/validation" in err
 
 
-def test_atp_windows_measure_the_choosing_text_alone(bench, capsys, monkeypatch, tmp_path):
-    """`--atp-windows 3`: each grid point's choosing text (calib-next) is measured on 3 windows, the
-    reported texts on --eval-windows; a choosing text that is also reported keeps its 3-window value."""
+def test_atp_windows_measure_the_choosing_texts_alone(bench, capsys, monkeypatch, tmp_path):
+    """`--atp-text calib-next ptb/train --atp-windows 3`: each grid point's choosing texts are measured
+    on 3 windows, the reported texts on --eval-windows (a choosing text that is also reported keeps
+    its 3-window value); the step chosen is the lowest geometric mean of the two perplexities."""
     calls = []
     perplexities = EvaluationSession.perplexities
     monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
@@ -519,15 +520,21 @@ def test_atp_windows_measure_the_choosing_text_alone(bench, capsys, monkeypatch,
                         or perplexities(self, texts, windows, label))
     try:
         code, _, err = run_main(capsys, "compare", "--allocations", "atp", "--sparsity", "0.7", "--wanda-form", "cached",
-                                "--atp-text", "calib-next", "--atp-windows", "3", "--eval", "wiki/validation",
-                                "calib-next", "--eval-windows", "1", "--out", str(tmp_path / "cmp"))
+                                "--atp-text", "calib-next", "ptb/train", "--atp-windows", "3", "--eval",
+                                "wiki/validation", "calib-next", "--eval-windows", "1", "--out", str(tmp_path / "cmp"))
         assert code == 0, err
         atp = json.loads((tmp_path / "cmp" / "atp.json").read_text())["0.7"]
         grid_calls = calls[1:1 + 2 * len(atp["grid"])]  # after the dense row
-        assert grid_calls == [(["calib-next"], 3), (["wiki/validation"], 1)] * len(atp["grid"])
-        assert atp["windows"] == 3 and atp["chosen_on"] == "calib-next"
+        assert grid_calls == [(["calib-next", "ptb/train"], 3), (["wiki/validation"], 1)] * len(atp["grid"])
+        both = "calib-next + ptb/train"
+        assert atp["windows"] == 3 and atp["chosen_on"] == both
+        for row in atp["grid"]:
+            assert row[both] == pytest.approx(math.sqrt(row["calib-next"] * row["ptb/train"]), rel=1e-12)
+        assert atp["step"] == min(atp["grid"], key=lambda row: row[both])["step"]
+        assert f"chosen on {both}" in err
         last = atp["grid"][-1]
         EvaluationSession(bench).prune_cached(baseline_ratios("atp", bench, 0.7, BaselineOptions(atp_step=last["step"]))[0])
         assert last["calib-next"] == pytest.approx(bench.perplexity("calib-next", 3), rel=1e-9)
+        assert last["ptb/train"] == pytest.approx(bench.perplexity("ptb/train", 3), rel=1e-9)
     finally:
         bench.pruner.restore()

@@ -20,7 +20,7 @@ from dsa.allocation.constants import ATP_LAMBDAS, alpha_eps_for
 from dsa.distributed.pool import open_pool
 from dsa.functions.files import from_root, with_map_constant
 from dsa.functions.pipeline import FeatureMemo, allocation_ratios, block_values
-from dsa.functions.replay import amplitude_grid, function_root
+from dsa.functions.replay import amplitude_grid, choice_score, function_root
 from evaluators.workbench import BenchConfig, Workbench, check_config, check_text
 
 from . import checkpoint
@@ -263,9 +263,8 @@ def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, s
     allocations, tuning = {}, {}
     for name, rows in grids.items():
         grid = [{"value": value, **next(measured)} for value, _, _ in rows]
-        if len(texts) > 1:
-            for row in grid:
-                row[label] = math.exp(sum(math.log(row[text]) for text in texts) / len(texts))
+        for row in grid:
+            choice_score(row, texts)
         chosen = min(range(len(rows)), key=lambda i: grid[i][label])
         allocations[name] = rows[chosen][1:]
         tuning[name] = {"chosen": rows[chosen][0], "chosen_on": label, "windows": config.holdout_tune_windows,

@@ -20,7 +20,8 @@ from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.allocation.baselines import atp_grid
 from dsa.allocation.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
 from dsa.functions.files import describe, importance_expr, map_of, same_formula, with_map_constant
-from dsa.functions.replay import amplitude_grid, choice_score, function_ratios, load_function
+from dsa.functions.amplitude import choice_score, choose_amplitude, perplexities_of
+from dsa.functions.replay import amplitude_grid, function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
 from evaluators.cache import atomic_write_text
@@ -28,7 +29,7 @@ from evaluators.paths import check_output_dir, check_output_file
 from evaluators.errors import UserError, exits_cleanly
 from evaluators.pruning import parse_structure
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
-from evaluators.workbench import BenchConfig
+from evaluators.workbench import BenchConfig, check_text
 from evaluators.zeroshot import ZeroShot
 
 DEFAULT_EVAL = ["wiki/validation", "wiki/test"]
@@ -98,20 +99,26 @@ def _atp_windows(args) -> int:
     return args.eval_windows if args.atp_windows is None else args.atp_windows
 
 
-def _grid_perplexities(args, session: EvaluationSession, label: str) -> dict[str, float]:
-    """What one grid point gives: the choosing text on --atp-windows, then the reported texts on
-    --eval-windows, so a report shows what every constant of the grid gives on test text too
-    (one prune each). The choosing text keeps its --atp-windows value when it is also reported."""
-    choosing = list(dict.fromkeys(args.atp_text))
-    ppl = session.perplexities(choosing, _atp_windows(args), label)
+def _grid_perplexities(args, session: EvaluationSession, label: str) -> tuple[dict[str, float], dict[str, list]]:
+    """What one grid point gives: the choosing texts on --atp-windows (each window's log-perplexity
+    too, for --tune-z's paired test), then the reported texts on --eval-windows, so a report shows
+    what every constant of the grid gives on test text too (one prune each). A choosing text keeps
+    its --atp-windows value when it is also reported."""
+    choosing = _choosing_texts(args)
+    losses = session.window_log_perplexities(choosing, _atp_windows(args), label)
+    ppl = perplexities_of(losses)
     choice_score(ppl, choosing)
     others = [text for text in args.eval if text not in choosing]
-    return ppl | session.perplexities(others, args.eval_windows, label)
+    return ppl | session.perplexities(others, args.eval_windows, label), losses
+
+
+def _choosing_texts(args) -> list[str]:
+    return list(dict.fromkeys(args.atp_text))
 
 
 def _chosen_on(args) -> str:
     """The grid rows' key the choice is made by (one text, or several joined by " + ")."""
-    return " + ".join(dict.fromkeys(args.atp_text))
+    return " + ".join(_choosing_texts(args))
 
 
 def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[BaselineOptions, dict]:
@@ -124,8 +131,8 @@ def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[
     for lam, step in atp_grid(session.n_blocks, sparsity, ATP_LAMBDAS):
         ratios, _ = baseline_ratios("atp", session.bench, sparsity, dataclasses.replace(options, atp_step=step))
         session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl = _grid_perplexities(args, session, f"atp step {step:.4g}")
-        grid.append({"lambda": lam, "step": step, **ppl})
+        ppl, losses = _grid_perplexities(args, session, f"atp step {step:.4g}")
+        grid.append({"lambda": lam, "step": step, **ppl, "window_log_ppl": losses})
     chosen = min(grid, key=lambda row: row[_chosen_on(args)])
     steps = ", ".join(f"{row['step']:.4f}" for row in grid)
     print(f"ATP at {sparsity:g}: step {chosen['step']:.5f} chosen on {_chosen_on(args)} (grid {steps})", file=sys.stderr)
@@ -137,11 +144,15 @@ def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[
 def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[dict, dict]:
     """The function with its map constant chosen like ATP's difference: each value of the grid
     (ATP's lambdas for a lambda map, the eps grid for AlphaPruning's) pruned with the final pruner,
-    the lowest perplexity on --atp-text kept. The shape stays the function's; the model sets the
-    amplitude."""
+    the lowest perplexity on --atp-text kept; with --tune-z, only if it beats the file's own
+    constant by that many standard errors over the windows (dsa/functions/amplitude.py). The shape
+    stays the function's; the model sets the amplitude."""
     kind, own = map_of(function)
-    grid = []
-    for value in amplitude_grid(function):
+    values = amplitude_grid(function)
+    if args.tune_z and own not in values:  # the reference is measured too
+        values = sorted({*values, own})
+    grid, scored, losses = [], [], []
+    for value in values:
         tuned = with_map_constant(function, value)
         try:
             ratios, _ = function_ratios(tuned, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
@@ -149,18 +160,21 @@ def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[
             grid.append({"value": value, "invalid": str(err)})
             continue
         session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl = _grid_perplexities(args, session, f"{kind} {value:g}")
-        grid.append({"value": value, **ppl})
-    key = _chosen_on(args)
-    scored = [row for row in grid if key in row]
+        ppl, window_losses = _grid_perplexities(args, session, f"{kind} {value:g}")
+        grid.append({"value": value, **ppl, "window_log_ppl": window_losses})
+        scored.append(value)
+        losses.append(window_losses)
     if not scored:
         raise UserError(f"no constant of the grid gives valid ratios at sparsity {args.sparsity:g}")
-    chosen = min(scored, key=lambda row: row[key])
-    print(f"--tune-spread: {kind} map constant {chosen['value']:g} chosen on {key} (the file's: {own:g}; "
-          + ", ".join(f"{row['value']:g} {row[key]:.2f}" for row in scored) + ")", file=sys.stderr)
-    return with_map_constant(function, chosen["value"]), {"file_constant": own, "chosen": chosen["value"],
-                                                          "chosen_on": key, "windows": _atp_windows(args),
-                                                          "grid": grid}
+    key = _chosen_on(args)
+    chosen, how = choose_amplitude(scored, losses, _choosing_texts(args), own if own in scored else None, args.tune_z)
+    rows = [row for row in grid if "invalid" not in row]
+    print(f"--tune-spread: {kind} map constant {scored[chosen]:g} chosen on {key} (the file's: {own:g}; "
+          + ", ".join(f"{row['value']:g} {row[key]:.2f}" for row in rows) + ")"
+          + (f"; lowest {how['lowest']:g} vs the file's: z = {how['z']:.2f}" if "z" in how else ""), file=sys.stderr)
+    return with_map_constant(function, scored[chosen]), {"file_constant": own, "chosen": scored[chosen],
+                                                         "chosen_on": key, "windows": _atp_windows(args),
+                                                         "grid": grid, **how}
 
 
 def _ratios(args, session: EvaluationSession, function, nm):
@@ -183,6 +197,8 @@ def _check_options(args) -> None:
     for flag, value, valid in checks:
         if value is not None and not (math.isfinite(value) and valid(value)):
             raise UserError(f"{flag} {value} is out of range")
+    for text in [*args.atp_text, *args.eval]:  # a misspelt text fails before the model loads
+        check_text(text)
 
 
 def _check_before_loading(args):
@@ -192,6 +208,12 @@ def _check_before_loading(args):
     if args.tune_spread and (function is None or args.structure):
         raise UserError("--tune-spread tunes a function's map constant: it needs --function, and no --structure "
                         "(N:M prunes every block alike)")
+    if not 0 <= args.tune_z < float("inf"):
+        raise UserError("--tune-z must be a finite number >= 0")
+    if args.tune_z and not args.tune_spread:
+        raise UserError("--tune-z tests the constant --tune-spread chooses: give --tune-spread too")
+    if args.tune_z and _atp_windows(args) < 2:
+        raise UserError("--tune-z compares windows: --atp-windows (default: --eval-windows) must be >= 2")
     if args.save:
         check_save_dir(args.save)
     if args.export_llmcompressor:
@@ -396,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --function: choose its map constant (lambda, or eps) on --atp-text with the final "
                             "pruner, from the grid ATP's difference is chosen on: the function's shape, this "
                             "model's amplitude (one prune per grid value); the report keeps the tuned function")
+    prune.add_argument("--tune-z", type=float, default=0.0, metavar="Z",
+                       help="with --tune-spread: keep the file's own constant unless the grid's lowest beats it by "
+                            "more than Z standard errors of the paired per-window difference on --atp-text (needs "
+                            "--atp-windows >= 2); 2 chose the test text's best on every grid measured (BENCHMARKS.md "
+                            "section 8) (default: 0: the lowest)")
     prune.add_argument("--no-uniform", action="store_true",
                        help="with --function: skip pruning with uniform ratios for comparison")
     prune.add_argument("--save", default=None, metavar="DIR",

@@ -44,6 +44,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):  # nan, negative and infinite refused
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:  # also false for nan
@@ -96,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout-tune-windows", type=_positive, default=None, metavar="N",
                    help=f"windows of each --holdout-tune text each grid value is measured on (may be given with "
                         f"--resume) (default: {r.holdout_tune_windows})")
+    g.add_argument("--holdout-tune-z", type=_non_negative, default=None, metavar="Z",
+                   help="keep the training models' constant (the function's own; ATP's training lambda) unless the "
+                        "grid's lowest beats it by more than Z standard errors of the paired per-window difference "
+                        "on the --holdout-tune texts; 2 chose the test text's best on every grid measured "
+                        f"(BENCHMARKS.md section 8) (may be given with --resume) (default: {r.holdout_tune_z:g}: the "
+                        "lowest)")
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")
     g.add_argument("--seqlen", type=_positive, default=b.seqlen, help="tokens per window (default: %(default)s)")
@@ -205,7 +218,8 @@ def config_from_args(args) -> RunConfig:
                      final_pruner=args.final_pruner, rank_check=args.rank_check,
                      final_select=RunConfig.final_select if args.final_select is None else args.final_select,
                      report_baselines=tuple(dict.fromkeys(args.report_baselines)), holdout_tune=tuple(dict.fromkeys(args.holdout_tune or ())),
-                     holdout_tune_windows=args.holdout_tune_windows or RunConfig.holdout_tune_windows)
+                     holdout_tune_windows=args.holdout_tune_windows or RunConfig.holdout_tune_windows,
+                     holdout_tune_z=args.holdout_tune_z or RunConfig.holdout_tune_z)
 
 
 def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, SearchState]:
@@ -240,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
             config = dataclasses.replace(config, holdout_tune=tuple(dict.fromkeys(args.holdout_tune)))
         if args.holdout_tune_windows is not None:
             config = dataclasses.replace(config, holdout_tune_windows=args.holdout_tune_windows)
+        if args.holdout_tune_z is not None:
+            config = dataclasses.replace(config, holdout_tune_z=args.holdout_tune_z)
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
     else:
         config, state = config_from_args(args), None
@@ -249,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--final-select chooses among functions; a per-block search has none")
     if config.holdout_tune and not config.holdout:
         raise UserError("--holdout-tune chooses amplitudes on held-out models: give them with --holdout")
+    if config.holdout_tune_z and not config.holdout_tune:
+        raise UserError("--holdout-tune-z tests the amplitude --holdout-tune chooses: give its texts too")
+    if config.holdout_tune_z and config.holdout_tune_windows < 2:
+        raise UserError("--holdout-tune-z compares windows: --holdout-tune-windows must be >= 2")
     for text in [t for t in config.holdout_tune if t in config.report_texts]:
         raise UserError(f"--holdout-tune {text} is a report text: choosing on it would read the test text")
     if args.workers == 0 and args.address:

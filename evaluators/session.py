@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .perplexity import perplexity
+from .perplexity import perplexity, window_nll
 from .pruning import prune_magnitude_per_matrix, zero_fraction
 from .sequential import sequential_prune
 from .workbench import BenchConfig, Workbench
@@ -140,6 +140,16 @@ class EvaluationSession:
     def perplexities(self, texts: Sequence[str], windows: int, label: str = "") -> dict[str, float]:
         """Perplexity of the model as it is now on each named text."""
         return {text: self.bench.perplexity(text, windows, progress=f"{label} {text}".strip()) for text in texts}
+
+    def window_log_perplexities(self, texts: Sequence[str], windows: int, label: str = "") -> dict[str, list[float]]:
+        """Each window's log-perplexity (mean next-token NLL) of the model as it is now, per named text:
+        what a paired comparison of two prunes over the same windows needs."""
+        out = {}
+        for text in texts:
+            ids = self.bench.windows(text, windows)
+            nll = window_nll(self.bench.loaded.model, ids, self.bench.config.batch_size, f"{label} {text}".strip())
+            out[text] = (nll / (ids.shape[1] - 1)).tolist()
+        return out
 
     @torch.no_grad()
     def _logprobs(self, window: torch.Tensor) -> torch.Tensor:

@@ -513,11 +513,12 @@ def test_atp_windows_measure_the_choosing_texts_alone(bench, capsys, monkeypatch
     on 3 windows, the reported texts on --eval-windows (a choosing text that is also reported keeps
     its 3-window value); the step chosen is the lowest geometric mean of the two perplexities."""
     calls = []
-    perplexities = EvaluationSession.perplexities
     monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
-    monkeypatch.setattr(EvaluationSession, "perplexities",
-                        lambda self, texts, windows, label="": calls.append((list(texts), windows))
-                        or perplexities(self, texts, windows, label))
+    for method in ("perplexities", "window_log_perplexities"):
+        measure = getattr(EvaluationSession, method)
+        monkeypatch.setattr(EvaluationSession, method,
+                            lambda self, texts, windows, label="", measure=measure: calls.append((list(texts), windows))
+                            or measure(self, texts, windows, label))
     try:
         code, _, err = run_main(capsys, "compare", "--allocations", "atp", "--sparsity", "0.7", "--wanda-form", "cached",
                                 "--atp-text", "calib-next", "ptb/train", "--atp-windows", "3", "--eval",
@@ -538,3 +539,41 @@ def test_atp_windows_measure_the_choosing_texts_alone(bench, capsys, monkeypatch
         assert last["ptb/train"] == pytest.approx(bench.perplexity("ptb/train", 3), rel=1e-9)
     finally:
         bench.pruner.restore()
+
+
+def test_tune_z_keeps_the_files_constant_unless_clearly_beaten(bench, capsys, monkeypatch, tmp_path):
+    """`--tune-spread --tune-z Z`: the file's own constant (0.1, off ATP's grid, so measured too)
+    is the reference; the grid's lowest replaces it only when the paired per-window test puts it
+    more than Z standard errors lower. Z = 1e6 always keeps it; Z = 0.001 takes the lowest when
+    it is lower at all. The report records the per-window values the test is recomputed from."""
+    ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
+            "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.1}}
+    path = write_function(tmp_path / "ramp.json", json.dumps(ramp))
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    fast = ("--sparsity", "0.7", "--wanda-form", "cached", "--no-uniform", "--atp-text", "calib-next",
+            "--atp-windows", "3", "--eval", "wiki/validation", "--eval-windows", "1")
+    reports = {}
+    try:
+        for z in ("1e6", "0.001"):
+            code, _, err = run_main(capsys, "--function", str(path), "--tune-spread", "--tune-z", z, *fast,
+                                    "--json", str(tmp_path / f"z{z}.json"))
+            assert code == 0, err
+            reports[z] = json.loads((tmp_path / f"z{z}.json").read_text())
+    finally:
+        bench.pruner.restore()
+    strict, loose = reports["1e6"]["tune_spread"], reports["0.001"]["tune_spread"]
+    assert [row["value"] for row in strict["grid"]] == [0.04, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25]
+    lowest = min(strict["grid"], key=lambda row: row["calib-next"])
+    own = next(row for row in strict["grid"] if row["value"] == 0.1)
+    diffs = [a - b for a, b in zip(lowest["window_log_ppl"]["calib-next"], own["window_log_ppl"]["calib-next"])]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    z = mean / (sd / math.sqrt(3)) if sd else 0.0
+    for record in (strict, loose):
+        assert record["lowest"] == lowest["value"] and record["reference"] == 0.1
+        assert record["z"] == pytest.approx(z, rel=1e-9, abs=1e-12)
+        for row in record["grid"]:
+            assert math.exp(sum(row["window_log_ppl"]["calib-next"]) / 3) == pytest.approx(row["calib-next"], rel=1e-12)
+    assert strict["chosen"] == 0.1 and reports["1e6"]["function"]["map"] == {"kind": "dsa", "lambda": 0.1}
+    assert loose["chosen"] == (lowest["value"] if z < -0.001 else 0.1)
+    assert reports["0.001"]["function"]["map"]["lambda"] == loose["chosen"]

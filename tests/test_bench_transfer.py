@@ -169,3 +169,21 @@ def test_amplitude_proxies_choose_as_a_hand_computation():
     both = proxy_choices(rows, 10, "wiki/test", ("calib-next", "ptb/train"))
     assert both["ptb/train ppl, 2 windows"]["value"] == 0.08
     assert both["mean log-ppl of calib-next + ptb/train"]["value"] == 0.12
+
+
+def test_amplitude_z_keeps_the_training_constant_as_a_hand_computation(tmp_path):
+    # 10 tokens per window, one choosing text. 0.08 is lower than the training constant 0.12 on every
+    # window: differences -0.1, -0.3 in log-ppl, mean -0.2, standard error 0.1 (sd 0.1414 / sqrt 2): z = -2.
+    # The report text prefers 0.12 (exp(2.5) against exp(3)).
+    rows = [{"value": 0.08, "calib-next nll": [9.0, 7.0], "report nll": [30.0, 30.0]},
+            {"value": 0.12, "calib-next nll": [10.0, 10.0], "report nll": [25.0, 25.0]}]
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"model": "m", "sparsity": 0.7, "function": None, "tokens_per_window": 10, "rows": rows}))
+
+    def table(z):
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "amplitude_z.py"), f"{path}@0.12", "--z", z,
+                               "--texts", "calib-next"], capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+
+    e25, e3 = f"{math.exp(2.5):.2f}", f"{math.exp(3.0):.2f}"
+    assert table("1.9") == f"| m 70 % | 0.12: {e25} | 0.08: {e3} | -2.00 | **0.08: {e3}** (+64.9 % vs oracle) | 0.12: {e25} |"
+    assert table("2.1") == f"| m 70 % | 0.12: {e25} | 0.08: {e3} | -2.00 | **0.12: {e25}** (oracle) | 0.12: {e25} |"

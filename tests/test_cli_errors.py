@@ -1,12 +1,15 @@
 """Bad input: one clear line on stderr and exit code 2, never a traceback."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import apply
 from evaluators import assets, data
+
+DEPTH_FUNCTION = str(Path(__file__).resolve().parents[1] / "bench" / "functions" / "loo-gemma-60-depth.json")
 
 
 def run_cli(capsys, *argv):
@@ -78,9 +81,25 @@ def run_search(capsys, *argv):
     (("--per-block", "--operands", "depth"), "a per-block search reads none"),
     (("--holdout-tune", "calib-next"), "give them with --holdout"),
     (("--holdout", "gemma3-270m", "--holdout-tune", "calib-next", "ptb/test"), "--holdout-tune ptb/test is a report text"),
+    (("--holdout", "gemma3-270m", "--holdout-tune-z", "2"), "give its texts too"),
+    (("--holdout", "gemma3-270m", "--holdout-tune", "calib-next", "--holdout-tune-z", "2", "--holdout-tune-windows", "1"),
+     "must be >= 2"),
+    (("--holdout-tune-z", "-1"), "finite number >= 0"), (("--holdout-tune-z", "nan"), "finite number >= 0"),
 ])
 def test_search_options_refused_before_any_work(capsys, argv, message):
     code, line = run_search(capsys, *argv)
+    assert code == 2 and message in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--tune-z", "2"), "give --tune-spread too"), (("--tune-z", "inf"), "finite number >= 0"),
+    (("--function", DEPTH_FUNCTION, "--tune-spread", "--tune-z", "2", "--atp-windows", "1"),
+     "must be >= 2"),
+    (("--eval", "wiki/tset"), "unknown text 'wiki/tset'"), (("--atp-text", "calib-next", "wiki/tset"), "unknown text"),
+])
+def test_apply_options_refused_before_loading(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(apply, "_session", lambda args: pytest.fail("a model was loaded"))
+    code, line = run_cli(capsys, *argv)
     assert code == 2 and message in line
 
 

@@ -362,11 +362,14 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
 
 
 def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch):
-    """`--holdout-tune calib-next ptb/train`: on a held-out model the replayed function's map constant
-    and ATP's lambda are each the grid point whose final-pruner perplexities on that model's
-    calib-next and ptb/train windows (--holdout-tune-windows of each) have the lowest geometric
-    mean; no other text is read to choose. ATP's ramp as the function gives ATP's own grid (pruned
-    once: 6 prunes for 12 grid points), and the chosen value's perplexities are a hand prune's."""
+    """`--holdout-tune calib-next ptb/train --holdout-tune-z 2`: on a held-out model the replayed
+    function's map constant and ATP's lambda each start from the grid point whose final-pruner
+    perplexities on that model's calib-next and ptb/train windows (--holdout-tune-windows of each)
+    have the lowest geometric mean, and keep it only if a paired test over the windows (recomputed
+    here by hand from the stored per-window values) puts it more than 2 standard errors below the
+    training constant (the file's 0.04 for the function, the training lambda 0.12 for ATP); no other
+    text is read to choose. ATP's ramp as the function gives ATP's own grid (pruned once: 6 prunes
+    for 12 grid points), and the chosen value's perplexities are a hand prune's."""
     from dsa.distributed.pool import InProcessPool
     from dsa.distributed.worker import Worker
     from dsa.functions.pipeline import FeatureMemo
@@ -375,7 +378,8 @@ def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch)
     model = bench.config.model
     pool = InProcessPool({model: Worker(bench, "wiki/validation", 1)})
     texts = ("calib-next", "ptb/train")
-    config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune=texts, holdout_tune_windows=2)
+    config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune=texts, holdout_tune_windows=3,
+                                 holdout_tune_z=2.0)
     # A checkpoint of an older run names one text as a string.
     assert runner.RunConfig.from_dict({**config.as_dict(), "holdout_tune": "calib-next"}).holdout_tune == ("calib-next",)
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
@@ -386,25 +390,40 @@ def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch)
     monkeypatch.setattr(bench, "windows", lambda text, count: reads.append(text) or windows(text, count))
     monkeypatch.setattr(EvaluationSession, "prune", lambda self, *a, **k: prunes.append(a[0]) or prune(self, *a, **k))
     try:
-        allocations, tuning = runner.tune_on_holdout(pool, config, model, ramp, memo, bench.sizes, 0.7)
+        allocations, tuning = runner.tune_on_holdout(pool, config, model, ramp, memo, bench.sizes, 0.7, 0.12)
         assert set(reads) == set(texts) and len(prunes) == 6
         grids = {name: tuning[name]["grid"] for name in ("best-tuned", "atp-tuned")}
         assert [row["value"] for row in grids["best-tuned"]] == [0.04, 0.08, 0.12, 0.15, 0.2, 0.25]
         assert grids["best-tuned"] == grids["atp-tuned"]  # the same ramps, the same numbers
         label = "calib-next + ptb/train"
-        for name, grid in grids.items():
+        for name, reference in (("best-tuned", 0.04), ("atp-tuned", 0.12)):
+            grid = grids[name]
             for row in grid:
                 assert row[label] == pytest.approx(math.sqrt(row["calib-next"] * row["ptb/train"]), rel=1e-12)
-            chosen = min(grid, key=lambda row: math.log(row["calib-next"]) + math.log(row["ptb/train"]))
-            assert tuning[name]["chosen"] == chosen["value"] and tuning[name]["chosen_on"] == label
-            assert tuning[name]["windows"] == 2  # its own count, not the report's (1)
-        assert allocations["best-tuned"][0] == pytest.approx(allocations["atp-tuned"][0], abs=1e-12)
+                for text in texts:  # 3 windows each, their log-perplexities giving the text's perplexity
+                    assert len(row["window_log_ppl"][text]) == 3
+                    assert math.exp(sum(row["window_log_ppl"][text]) / 3) == pytest.approx(row[text], rel=1e-12)
+            lowest = min(grid, key=lambda row: math.log(row["calib-next"]) + math.log(row["ptb/train"]))
+            kept = next(row for row in grid if row["value"] == reference)
+            mean, variance = 0.0, 0.0
+            for text in texts:
+                diffs = [a - b for a, b in zip(lowest["window_log_ppl"][text], kept["window_log_ppl"][text])]
+                average = sum(diffs) / 3
+                mean += average / 2
+                variance += sum((d - average) ** 2 for d in diffs) / 2 / 3 / 4
+            z = mean / math.sqrt(variance) if variance else 0.0
+            record = tuning[name]
+            assert record["lowest"] == lowest["value"] and record["reference"] == reference
+            assert record["z"] == pytest.approx(z, rel=1e-9, abs=1e-12)
+            assert record["chosen"] == (lowest["value"] if z < -2 else reference)
+            assert record["switched"] == (z < -2) and record["chosen_on"] == label
+            assert record["windows"] == 3  # its own count, not the report's (1)
         assert sum(r * n for r, n in zip(allocations["best-tuned"][0], bench.sizes.tolist())) == pytest.approx(
             0.7 * float(bench.sizes.sum()), rel=1e-9)
         prune(EvaluationSession(bench), allocations["best-tuned"][0], "wanda")
         chosen = next(row for row in grids["best-tuned"] if row["value"] == tuning["best-tuned"]["chosen"])
         for text in texts:
-            by_hand = perplexity(bench.loaded.model, windows(text, 2), bench.config.batch_size)
+            by_hand = perplexity(bench.loaded.model, windows(text, 3), bench.config.batch_size)
             assert by_hand == pytest.approx(chosen[text], rel=1e-6)
     finally:
         bench.pruner.restore()

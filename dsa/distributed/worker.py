@@ -60,6 +60,13 @@ class Worker:
         self.session.prune(ratios, pruner)
         return self.session.perplexities(texts, windows)
 
+    def final_window_log_perplexities(self, ratios: list[float], pruner: str, texts: list[str],
+                                      windows: int) -> dict[str, list[float]]:
+        """Each window's log-perplexity on each text after pruning with a final pruner (for a paired
+        choice between amplitudes)."""
+        self.session.prune(ratios, pruner)
+        return self.session.window_log_perplexities(texts, windows)
+
     def dense_perplexities(self, texts: list[str], windows: int) -> dict[str, float]:
         """Perplexity of the unpruned model on each text: the report's reference row."""
         self.session.restore()

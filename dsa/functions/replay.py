@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 from dsa.allocation.constants import ATP_LAMBDAS
 from evaluators.errors import UserError
@@ -40,17 +39,6 @@ def amplitude_grid(document: dict) -> tuple[float, ...]:
     """The map constants a function's amplitude is tuned over on a new model, as ATP's difference
     is: ATP's lambdas for a lambda map (OWL's, DSA's), the eps grid for AlphaPruning's."""
     return ATP_LAMBDAS if map_of(document)[0] in LAMBDA_MAPS else EPS_GRID
-
-
-def choice_score(row: dict, texts) -> str:
-    """The key a grid row is chosen by: the text's own perplexity, or with several texts their
-    geometric mean (the mean log-perplexity, each text weighing the same), stored in the row under
-    the texts' names joined by " + "."""
-    texts = list(texts)
-    label = " + ".join(texts)
-    if len(texts) > 1:
-        row[label] = math.exp(sum(math.log(row[text]) for text in texts) / len(texts))
-    return label
 
 
 def function_ratios(document: dict, block_mats, n_blocks: int, sizes, sparsity: float):

@@ -122,6 +122,10 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
             windows = f"{tuned['windows']} windows of " if "windows" in tuned else ""
             lines.append(f"{alloc}: map constant {tuned['chosen']:g} chosen on {windows}this model's {text} with {pruner} "
                          f"({grid}).")
+            if "reference" in tuned:  # the paired test against the training models' constant
+                verdict = "switched to it" if tuned["switched"] else f"kept the training constant {tuned['reference']:g}"
+                lines.append(f"  The lowest, {tuned['lowest']:g}, against the training constant {tuned['reference']:g}: "
+                             f"z = {tuned['z']:.2f} over the windows; {verdict} ({tuned['rule']}).")
         forms = table.get("forms", {})
         if forms.get("count", 0) >= 2:
             lines.append(f"Search's form vs {pruner}: Spearman {forms['spearman']:.2f} over the final population's "

@@ -18,9 +18,10 @@ import torch
 from dsa.allocation.baselines import atp_grid
 from dsa.allocation.constants import ATP_LAMBDAS, alpha_eps_for
 from dsa.distributed.pool import open_pool
-from dsa.functions.files import from_root, with_map_constant
+from dsa.functions.files import from_root, map_of, with_map_constant
 from dsa.functions.pipeline import FeatureMemo, allocation_ratios, block_values
-from dsa.functions.replay import amplitude_grid, choice_score, function_root
+from dsa.functions.amplitude import choice_score, choose_amplitude, perplexities_of
+from dsa.functions.replay import amplitude_grid, function_root
 from evaluators.workbench import BenchConfig, Workbench, check_config, check_text
 
 from . import checkpoint
@@ -52,6 +53,7 @@ class RunConfig:
     report_baselines: tuple = REPORT_BASELINES  # the baselines the report prunes beside the best
     holdout_tune: tuple = ()    # texts of each held-out model the function's amplitude and ATP's are chosen on
     holdout_tune_windows: int = 16  # its windows: on 4, noise chose a worse amplitude on Gemma-3 (BENCHMARKS 8)
+    holdout_tune_z: float = 0.0  # > 0: keep the training constant unless beaten by this many standard errors
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -143,10 +145,11 @@ def dense_perplexities(pool, config: RunConfig, model: str) -> dict[str, float]:
 
 
 def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]], texts: list | None = None,
-                       windows: int | None = None) -> list[dict]:
+                       windows: int | None = None, per_window: bool = False) -> list[dict]:
     """Every report text (and the fitness text, more windows) after pruning with the final pruner;
     `routed`: (model, ratios) pairs, each pruned by a worker of its model; `texts`: only these, on
-    `windows` windows each (default: the report's).
+    `windows` windows each (default: the report's); `per_window`: each window's log-perplexity
+    instead of each text's perplexity.
 
     The test texts are read here, after selection has ended, and nowhere else."""
     texts = texts or [config.fitness_text, *config.report_texts]
@@ -157,7 +160,8 @@ def final_perplexities(pool, config: RunConfig, routed: list[tuple[str, list]], 
     first = {key: routed[keys.index(key)] for key in unique}
     jobs = [(model, (r, config.final_pruner, texts, windows or config.report_windows)) for model, r in first.values()]
     models = sorted({model for model, _ in routed})
-    measured = pool.map_routed("final_perplexities", jobs, f"{config.final_pruner} on {', '.join(models)}")
+    method = "final_window_log_perplexities" if per_window else "final_perplexities"
+    measured = pool.map_routed(method, jobs, f"{config.final_pruner} on {', '.join(models)}")
     by_key = dict(zip(unique, measured))
     return [by_key[key] for key in keys]
 
@@ -224,7 +228,8 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
                     allocations[name] = tuple(pool.call("baseline", name, sparsity, atp["step"], group=model))
                 tuning = {}
                 if config.holdout_tune:
-                    tuned, tuning = tune_on_holdout(pool, config, model, from_root(root), memo, sizes, sparsity)
+                    tuned, tuning = tune_on_holdout(pool, config, model, from_root(root), memo, sizes, sparsity,
+                                                    atp["lambda"])
                     allocations.update(tuned)
                 final = final_perplexities(pool, config, [(model, r) for r, _ in allocations.values()])
                 entries = {name: {"ratios": r, "block_metric": m, "val_fitness": None, "final": f}
@@ -236,20 +241,24 @@ def holdout_report(search, config: RunConfig, best, workers, address) -> dict:
         pool.close()
 
 
-def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, sizes, sparsity: float):
+def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, sizes, sparsity: float,
+                    atp_lambda: float):
     """The replayed function with its map constant, and ATP with its lambda, chosen on the held-out
     model's own `config.holdout_tune` texts with the final pruner: the shape comes from the search,
     the amplitude from the new model, as `apply.py --tune-spread --atp-text TEXT` does. Only those
     texts are read to choose; the report texts are measured afterwards, on the chosen two.
 
-    With several texts a grid point's score is the geometric mean of their perplexities (the mean
-    log-perplexity, each text weighing the same, as models do in the search's score), recorded
-    under the texts' names joined by " + ".
+    The lowest geometric mean of the texts' perplexities wins (dsa/functions/amplitude.py); with
+    `config.holdout_tune_z` only when it beats the training models' constant (the function's own,
+    ATP's `atp_lambda`) by that many standard errors over the windows.
 
     Returns ({"best-tuned": (ratios, values), "atp-tuned": (ratios, metric)}, their grids)."""
     texts, grids = list(config.holdout_tune), {"best-tuned": [], "atp-tuned": []}
-    label = " + ".join(texts)
-    for value in amplitude_grid(function):
+    references = {"best-tuned": map_of(function)[1], "atp-tuned": atp_lambda}
+    values = amplitude_grid(function)
+    if config.holdout_tune_z and references["best-tuned"] not in values:  # the reference is measured too
+        values = sorted({*values, references["best-tuned"]})
+    for value in values:
         root = function_root(with_map_constant(function, value))
         try:
             ratios = allocation_ratios(root, memo, sizes, sparsity).tolist()
@@ -259,16 +268,21 @@ def tune_on_holdout(pool, config: RunConfig, model: str, function: dict, memo, s
     for lam, step in atp_grid(len(sizes), sparsity, ATP_LAMBDAS):
         grids["atp-tuned"].append((lam, *pool.call("baseline", "atp", sparsity, step, group=model)))
     measured = iter(final_perplexities(pool, config, [(model, r) for rows in grids.values() for _, r, _ in rows],
-                                       texts=texts, windows=config.holdout_tune_windows))
+                                       texts=texts, windows=config.holdout_tune_windows, per_window=True))
     allocations, tuning = {}, {}
     for name, rows in grids.items():
-        grid = [{"value": value, **next(measured)} for value, _, _ in rows]
+        losses = [next(measured) for _ in rows]
+        values = [value for value, _, _ in rows]
+        reference = references[name] if references[name] in values else None
+        chosen, how = choose_amplitude(values, losses, texts, reference, config.holdout_tune_z)
+        grid = [{"value": value, **perplexities_of(window_losses), "window_log_ppl": window_losses}
+                for value, window_losses in zip(values, losses)]
+        label = " + ".join(texts)
         for row in grid:
             choice_score(row, texts)
-        chosen = min(range(len(rows)), key=lambda i: grid[i][label])
         allocations[name] = rows[chosen][1:]
-        tuning[name] = {"chosen": rows[chosen][0], "chosen_on": label, "windows": config.holdout_tune_windows,
-                        "grid": grid}
+        tuning[name] = {"chosen": values[chosen], "chosen_on": label, "windows": config.holdout_tune_windows,
+                        "grid": grid, **how}
     return allocations, tuning
 
 

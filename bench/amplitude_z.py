@@ -1,0 +1,54 @@
+"""What the paired test of `--holdout-tune-z` / `--tune-z` would choose on measured amplitude grids.
+
+    python bench/amplitude_z.py --z 2 results/proxy/qwen2.5-0.5b-70-atp-ptb.json@0.12 ...
+
+Each argument is a `bench/amplitude_proxy.py --extra-texts ptb/train` JSON (every grid constant
+pruned once, per-window NLL on calib-next, ptb/train and the report text) and, after `@`, the
+constant the training models chose (the reference a replay starts from). For each grid the table
+gives the choosing texts' lowest (their mean log-perplexity), its z against the reference over the
+windows, what `--z` keeps, and what each gives on the report text beside the report text's own
+best. The choice is made by the product's own code (dsa/functions/amplitude.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dsa.functions.amplitude import choose_amplitude  # noqa: E402
+
+
+def grid_row(path: str, reference: float, z: float, texts: list[str]) -> str:
+    data = json.loads(Path(path).read_text())
+    rows, tokens = data["rows"], data["tokens_per_window"]
+    values = [row["value"] for row in rows]
+    losses = [{text: [nll / tokens for nll in row[f"{text} nll"]] for text in texts} for row in rows]
+    report = {row["value"]: math.exp(sum(row["report nll"]) / (tokens * len(row["report nll"]))) for row in rows}
+    lowest, _ = choose_amplitude(values, losses, texts)
+    chosen, how = choose_amplitude(values, losses, texts, reference, z)
+    oracle = min(report, key=report.get)
+    name = f"{data['model']} {100 * data['sparsity']:g} %" + (" (function)" if data.get("function") else "")
+    marks = "oracle" if values[chosen] == oracle else f"{100 * (report[values[chosen]] / report[oracle] - 1):+.1f} % vs oracle"
+    return (f"| {name} | {reference:g}: {report[reference]:.2f} | {values[lowest]:g}: {report[values[lowest]]:.2f} | "
+            f"{how['z']:.2f} | **{values[chosen]:g}: {report[values[chosen]]:.2f}** ({marks}) | {oracle:g}: {report[oracle]:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grids", nargs="+", metavar="PROXY_JSON@REFERENCE")
+    parser.add_argument("--z", type=float, default=2.0, help="standard errors the lowest must beat the reference by")
+    parser.add_argument("--texts", nargs="+", default=["calib-next", "ptb/train"], help="the choosing texts")
+    args = parser.parse_args()
+    print(f"| grid | training constant | lowest on {' + '.join(args.texts)} | z | chosen (the lowest if z < -{args.z:g}) "
+          "| report text's own best |")
+    print("|---|---|---|---|---|---|")
+    for spec in args.grids:
+        path, _, reference = spec.rpartition("@")
+        print(grid_row(path, float(reference), args.z, args.texts))
+
+
+if __name__ == "__main__":
+    main()

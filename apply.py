@@ -285,12 +285,12 @@ def run(args) -> dict:
     start = time.perf_counter()
     session = _session(args)
     bench = session.bench
+    dense = session.perplexities(args.eval, args.eval_windows, "dense")  # before any pruning, tuning's too
     tuning = None
     if args.tune_spread:
         function, tuning = _tune_spread(args, session, function, nm)
     ratios, metric, options = _ratios(args, session, function, nm)
     label = "function" if function is not None else args.allocation
-    dense = session.perplexities(args.eval, args.eval_windows, "dense")
     uniform = None
     if function is not None and not args.no_uniform:
         if nm:

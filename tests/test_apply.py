@@ -506,6 +506,10 @@ def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeyp
     assert report["function"]["map"] == {"kind": "dsa", "lambda": best["value"]}
     assert report["ppl"]["wiki/validation"] == pytest.approx(best["wiki/validation"], rel=1e-9)
     assert f"dsa map constant {best['value']:g} chosen on wiki/validation" in err
+    # The dense row is the unpruned model's, not the last grid point's.
+    bench.pruner.restore()
+    assert report["dense_ppl"]["wiki/validation"] == pytest.approx(bench.perplexity("wiki/validation", 1), rel=1e-9)
+    assert report["dense_ppl"]["wiki/validation"] < 0.5 * min(row["wiki/validation"] for row in tuning["grid"])
 
 
 def test_atp_windows_measure_the_choosing_texts_alone(bench, capsys, monkeypatch, tmp_path):

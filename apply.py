@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--tune-z", type=float, default=0.0, metavar="Z",
                        help="with --tune-spread: keep the file's own constant unless the grid's lowest beats it by "
                             "more than Z standard errors of the paired per-window difference on --atp-text (needs "
-                            "--atp-windows >= 2); 2 chose the test text's best on every grid measured (BENCHMARKS.md "
-                            "section 8) (default: 0: the lowest)")
+                            "--atp-windows >= 2); with 2 the choice was the test text's best on 8 of 10 grids measured, within 2 %% on "
+                            "the others (BENCHMARKS.md section 8) (default: 0: the lowest)")
     prune.add_argument("--no-uniform", action="store_true",
                        help="with --function: skip pruning with uniform ratios for comparison")
     prune.add_argument("--save", default=None, metavar="DIR",

@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout-tune-z", type=_non_negative, default=None, metavar="Z",
                    help="keep the training models' constant (the function's own; ATP's training lambda) unless the "
                         "grid's lowest beats it by more than Z standard errors of the paired per-window difference "
-                        "on the --holdout-tune texts; 2 chose the test text's best on every grid measured "
-                        f"(BENCHMARKS.md section 8) (may be given with --resume) (default: {r.holdout_tune_z:g}: the "
+                        "on the --holdout-tune texts; with 2 the choice was the test text's best on 8 of 10 grids measured "
+                        f"(BENCHMARKS.md section 8; written after the one miss it fixes) (may be given with --resume) (default: {r.holdout_tune_z:g}: the "
                         "lowest)")
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")

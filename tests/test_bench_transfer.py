@@ -187,3 +187,28 @@ def test_amplitude_z_keeps_the_training_constant_as_a_hand_computation(tmp_path)
     e25, e3 = f"{math.exp(2.5):.2f}", f"{math.exp(3.0):.2f}"
     assert table("1.9") == f"| m 70 % | 0.12: {e25} | 0.08: {e3} | -2.00 | **0.08: {e3}** (+64.9 % vs oracle) | 0.12: {e25} |"
     assert table("2.1") == f"| m 70 % | 0.12: {e25} | 0.08: {e3} | -2.00 | **0.12: {e25}** (oracle) | 0.12: {e25} |"
+
+
+def test_amplitude_z_on_a_search_report_recomputes_the_rule(tmp_path):
+    # A held-out table as search.py --holdout-tune writes it, the plain lowest chosen (0.08). Window
+    # differences of 0.08 against the reference 0.12: -0.1, -0.3 -> mean -0.2, standard error 0.1, z = -2.
+    grid = [{"value": 0.08, "window_log_ppl": {"calib-next": [0.9, 0.7]}},
+            {"value": 0.12, "window_log_ppl": {"calib-next": [1.0, 1.0]}}]
+    tuning = {"chosen": 0.08, "chosen_on": "calib-next", "windows": 2, "grid": grid, "rule": "lowest"}
+    final = {"best": 200.0, "best-tuned": 260.0, "atp": 230.0, "atp-tuned": 300.0}
+    report = {"config": {"report_texts": ["wiki/test"]},
+              "best": {"function": {"map": {"kind": "dsa", "lambda": 0.12}}},
+              "targets": {"c@0.7": {"model": "c", "sparsity": 0.7, "trained": False, "atp": {"lambda": 0.12},
+                                    "allocations": {k: {"final": {"wiki/test": v}} for k, v in final.items()},
+                                    "tuning": {"best-tuned": tuning, "atp-tuned": tuning}}}}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+
+    def rows(z):
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "amplitude_z.py"), str(path), "--z", z],
+                              capture_output=True, text=True, check=True).stdout.splitlines()[2:]
+
+    assert rows("1.9") == ["| c 70 % (function) | 0.12: 200.00 | 0.08: 260.00 | -2.00 | **0.08: 260.00** | - |",
+                           "| c 70 % (ATP) | 0.12: 230.00 | 0.08: 300.00 | -2.00 | **0.08: 300.00** | - |"]
+    assert rows("2.1") == ["| c 70 % (function) | 0.12: 200.00 | 0.08: 260.00 | -2.00 | **0.12: 200.00** | - |",
+                           "| c 70 % (ATP) | 0.12: 230.00 | 0.08: 300.00 | -2.00 | **0.12: 230.00** | - |"]

@@ -51,14 +51,12 @@ def report_rows(path: str, z: float) -> list[str]:
     references = {"best-tuned": ("best", report["best"]["function"]["map"]["lambda"])}
     rows = []
     for table in report["targets"].values():
-        known_at = {"best-tuned": {}, "atp-tuned": {}}
         references["atp-tuned"] = ("atp", table["atp"]["lambda"])
         for name, tuning in table.get("tuning", {}).items():
             entries = table["allocations"]
             plain, reference = references[name]
-            known = known_at[name]
-            known[reference] = entries[plain]["final"][text]
-            known[tuning["chosen"]] = entries[name]["final"][text]
+            # the report text was measured at the reference and at the constant the run chose
+            known = {reference: entries[plain]["final"][text], tuning["chosen"]: entries[name]["final"][text]}
             grid = tuning["grid"]
             if any("window_log_ppl" not in row for row in grid):
                 raise SystemExit(f"{path}: its tuning grids have no per-window values (a report from before --holdout-tune-z)")

@@ -86,6 +86,11 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
     assert set(seen) == {"wiki/validation"}  # selection never touched a test split
     document = checkpoint.load(tmp_path / "checkpoints" / "killed")
     assert document["state"]["generation"] == 1
+    # A report option changed on resume is what the checkpoint remembers, even before a generation runs.
+    changed = dataclasses.replace(runner.RunConfig.from_dict(document["run"]), holdout_tune_windows=3)
+    assert runner.run(changed, state=SearchState(**document["state"]), bench=bench, stop_after=1) is None
+    again = checkpoint.load(tmp_path / "checkpoints" / "killed")
+    assert again["run"]["holdout_tune_windows"] == 3 and again["state"] == document["state"]
     resumed = runner.run(runner.RunConfig.from_dict(document["run"]), state=SearchState(**document["state"]), bench=bench)
 
     assert resumed["best"]["function"] == whole["best"]["function"]

@@ -409,6 +409,7 @@ def run_generations(search, label: str, stop_after: int | None, log: Callable[[s
         search.save()
     else:
         search.restore()
+        search.save()  # report options given on resume (--holdout-tune, ...) are kept for the next one
     bar = tqdm(range(search.state.generation, search.config.generations), desc=label,
                initial=search.state.generation, total=search.config.generations)
     for _ in bar:

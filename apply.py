@@ -19,6 +19,7 @@ from pathlib import Path
 from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.allocation.baselines import atp_grid
 from dsa.allocation.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
+from dsa.functions import guards
 from dsa.functions.files import describe, importance_expr, map_of, same_formula, with_map_constant
 from dsa.functions.amplitude import choice_score, choose_amplitude, perplexities_of
 from dsa.functions.replay import amplitude_grid, function_ratios, load_function
@@ -381,6 +382,14 @@ def show(args) -> None:
         print(f"\n{args.model} at {args.sparsity:g}:\nblock  importance  ratio")
         for index, (value, ratio) in enumerate(zip(values, ratios)):
             print(f"{index:5d}  {value:10.4g}  {ratio:.4f}")
+        with guards.perturbed():  # the same function with every guard constant moved
+            moved, _ = function_ratios(function, session.block_matrices, session.n_blocks, session.sizes,
+                                       args.sparsity)
+        shift = guards.guard_shift(ratios, moved)
+        verdict = ("reads a guard (search.py --guard-check rejects it)" if shift > guards.GUARD_TOLERANCE
+                   else "reads no guard")
+        print(f"guard check: {verdict}: with the ops' guards moved a ratio moves by at most {shift:.3g} "
+              f"(tolerance {guards.GUARD_TOLERANCE:g})")
 
 
 def diff(args) -> bool:
@@ -451,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--sparsity", type=_sparsity, nargs="+", default=[0.5, 0.6, 0.7])
     table.add_argument("--allocations", nargs="+", choices=METHODS, default=list(METHODS))
     table.add_argument("--out", default=None, help="output directory (default: results/compare-MODEL-PRUNER)")
-    inspect = sub.add_parser("show", help="a function file's formula; with --model, its per-block values and ratios")
+    inspect = sub.add_parser("show", help="a function file's formula; with --model, its per-block values and ratios, and whether they move when the ops' guards move")
     inspect.add_argument("file")
     _common(inspect)
     inspect.set_defaults(model=None)

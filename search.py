@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the operands functions may read, of {', '.join(OPERANDS)} (default: all); "
                         "`--operands depth` searches functions of block depth alone, whose ratios follow the "
                         "model's shape and no score statistic; seeds reading other operands are left out")
+    e.add_argument("--guard-check", action="store_true",
+                   help="reject (as invalid) functions whose ratios move by more than 0.001 on a block when the ops' "
+                        "numerical guards move (log floors, DSA's log epsilon and zero fill, the exp clamp, division "
+                        "by ~0, the nan/inf fills): such a function reads a guard, e.g. protects block 0 because "
+                        "log(depth) hits the floor there, a fact about one block rather than a rule (default: off)")
     e.add_argument("--per-block", action="store_true",
                    help="evolve the per-block ratio vector itself (EvoPress-style (1+lambda) level switches) "
                         "instead of a function: a per-model reference at the same evaluation budget")
@@ -204,9 +209,12 @@ def config_from_args(args) -> RunConfig:
                           screen_windows=args.screen_windows, mode="per-block" if args.per_block else "function",
                           level_step=args.level_step, max_switches=args.max_switches,
                           fitness_form=args.fitness_form, operands=tuple(args.operands or ()),
+                          guard_check=args.guard_check,
                           sparsities=tuple(dict.fromkeys(args.sparsities or [])))
     if args.per_block and args.operands:
         raise UserError("--operands restricts a function search; a per-block search reads none")
+    if args.per_block and args.guard_check:
+        raise UserError("--guard-check tests functions; a per-block search evolves ratios, not functions")
     if args.per_block and args.random_search:
         raise UserError("--per-block and --random-search are two different searches; choose one")
     suffix = "-random" if args.random_search else "-perblock" if args.per_block else ""

@@ -54,6 +54,7 @@ F32_MAX = torch.finfo(torch.float32).max
 EXP_MAX = 80.0
 SPREAD_EPS = 1e-6
 DSA_LOG_EPS = 1e-6  # DSA's LOG: ln(x + 1e-6)
+DSA_ZERO_FILL = 1.0  # DSA's ABSLOG and LOG set 0 (LOG: x <= 0) to 1 before the log
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -140,13 +141,13 @@ def minmax(x):
 def dsa_abslog(x):
     """DSA's ABSLOG (lib/autolayer.py:35-45): x[x == 0] = 1; ln|x|. So ln|x| with 0 -> 0."""
     y = _f32(x).abs()
-    return y.masked_fill_(y == 0, 1.0).log_()
+    return y.masked_fill_(y == 0, DSA_ZERO_FILL).log_()
 
 
 def dsa_log(x):
     """DSA's LOG (lib/autolayer.py:24-32): x[x <= 0] = 1; ln(x + 1e-6)."""
     x = _f32(x)
-    return x.masked_fill(x <= 0, 1.0).add_(DSA_LOG_EPS).log_()
+    return x.masked_fill(x <= 0, DSA_ZERO_FILL).add_(DSA_LOG_EPS).log_()
 
 
 def _out_dtype(m):

@@ -372,6 +372,25 @@ def test_diff_ratios_on_model(bench, capsys, monkeypatch, tmp_path):
     assert code == 1 and "same formula: no" in out and "same ratios on smollm2-135m at 0.7: no" in out and gap > 0.01
 
 
+def test_show_on_model_tells_whether_a_function_reads_a_guard(bench, capsys, monkeypatch, tmp_path):
+    """`show --model` moves the ops' guards and says whether the ratios move: the boundary rule
+    log|tanh(d)| (block 0's value is the log's floor) does, a ramp of depth and a score statistic do not."""
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    depth = {"operand": "depth", "pre": [], "reduction": "mean"}
+    cases = {"boundary": ({**function(), "importance": depth, "transform": ["tanh"], "post": "log"}, True),
+             "ramp": ({**function(), "importance": depth, "transform": ["tanh"], "post": "noop"}, False),
+             "wanda": (function(), False)}
+    for name, (document, reads) in cases.items():
+        code, out, err = run_main(capsys, "show", str(write_function(tmp_path / f"{name}.json", document)),
+                                  "--model", "smollm2-135m")
+        assert code == 0, err
+        line = next(line for line in out.splitlines() if line.startswith("guard check: "))
+        shift = float(re.search(r"at most (\S+) \(tolerance 0.001\)", line).group(1))
+        assert ("reads a guard" in line) == reads and (shift > 0.001) == reads, (name, line)
+        if not reads:  # only depth's 1e-4 inset moves them: by about 1e-4 times the ratios' slope in depth
+            assert shift <= 1e-5, (name, line)
+
+
 # ---------------------------------------------------------------- hostile and malformed files
 
 HOSTILE = {

@@ -1,4 +1,5 @@
-"""bench/transfer_table.py and bench/seed_table.py: the tables BENCHMARKS.md prints, from the reports' JSON."""
+"""bench/transfer_table.py and bench/seed_table.py: the tables BENCHMARKS.md prints, from the reports' JSON;
+bench/guard_replay.py: a finished search rerun from its loss cache."""
 import json
 import math
 import subprocess
@@ -212,3 +213,27 @@ def test_amplitude_z_on_a_search_report_recomputes_the_rule(tmp_path):
                            "| c 70 % (ATP) | 0.12: 230.00 | 0.08: 300.00 | -2.00 | **0.08: 300.00** | - |"]
     assert rows("2.1") == ["| c 70 % (function) | 0.12: 200.00 | 0.08: 260.00 | -2.00 | **0.12: 200.00** | - |",
                            "| c 70 % (ATP) | 0.12: 230.00 | 0.08: 300.00 | -2.00 | **0.12: 230.00** | - |"]
+
+
+def test_guard_replay_reproduces_a_search_from_its_cache(bench, tmp_path):
+    """bench/guard_replay.py: rerun without the check, a depth-only search's checkpoint gives back its
+    own trajectory from the loss cache alone (no pruning); with the check, it reports what it rejected."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from guard_replay import replay
+    from dsa.search import runner
+    from dsa.search.evolution import SearchConfig
+    from conftest import TEST_CONFIG
+
+    search = SearchConfig(population=4, offspring=6, promote=2, generations=3, fitness_windows=2, screen_windows=1,
+                          seed=5, operands=("depth",))
+    config = runner.RunConfig(name="depth", bench=TEST_CONFIG, search=search, results_dir=str(tmp_path / "results"),
+                              checkpoint_dir=str(tmp_path / "checkpoints"))
+    assert runner.run(config, bench=bench, stop_after=2) is None
+    same = replay(tmp_path / "checkpoints" / "depth", guard_check=False)
+    assert same == {"run": str(tmp_path / "checkpoints" / "depth"), "guard_readers": 0, "diverged": None,
+                    "generations": 2, "same_best": True, "same_history": True}
+    checked = replay(tmp_path / "checkpoints" / "depth")
+    if checked["guard_readers"] == 0:  # the check rejected nothing: the very same search
+        assert checked == same
+    else:  # it rejected something: either the trajectory changed, or it ran on through cached allocations
+        assert (checked["diverged"] is None) == (checked["generations"] == 2)

@@ -3,13 +3,14 @@ import dataclasses
 import json
 import math
 import random
+import statistics
 
 import pytest
 import torch
 
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios
 from dsa.functions.files import from_root, to_names
-from dsa.functions.genome import SEEDS, seed_names
+from dsa.functions.genome import SEEDS, seed_genomes, seed_names
 from dsa.functions.pipeline import features_on, prefix_values
 from dsa.functions.replay import function_ratios, load_function
 from dsa.search import checkpoint, runner
@@ -539,3 +540,72 @@ def test_depth_only_search_reads_depth_alone(bench):
         check_state(SearchState(population=[[seed_names("owl"), 1.0]]), again.search)
     with pytest.raises(ValueError, match="operands must be"):
         SearchConfig(operands=("depth", "rank")).allowed_operands()
+
+
+def _depth_function(pre, reduction, transform, post, kind, constant):
+    key = "eps" if kind == "alpha" else "lambda"
+    return {"format": "dsa-function", "version": 1,
+            "importance": {"operand": "depth", "pre": pre, "reduction": reduction},
+            "transform": transform, "post": post, "map": {"kind": kind, key: constant}}
+
+
+def test_guard_check_rejects_functions_that_read_a_guard(bench):
+    """`guard_check`: the boundary rules the held-out-Gemma-3 searches found at 60 % (block 0 or the last
+    block singled out by a log floor, DSA's log epsilon, or the rank of a 1x1 zero) are rejected as
+    invalid; functions continuous in depth keep exactly the ratios they have without the check.
+    Through a worker too: its features with the guards moved are computed with them moved."""
+    from dsa.distributed.pool import InProcessPool
+    from dsa.distributed.worker import Worker
+    from dsa.functions.codec import stage_of
+    from dsa.functions.pipeline import parse
+    from dsa.search.evolution import Target
+    from search_space import pre, transform
+
+    n = len(bench.blocks)
+    def depth_only(operand, index):
+        raise AssertionError(f"read {operand}")
+    features = lambda node: prefix_values(node, depth_only, n)  # noqa: E731
+    checked = Search(SearchConfig(operands=("depth",), guard_check=True), bench.sizes, features, evaluator=None)
+    plain = Search(SearchConfig(operands=("depth",)), bench.sizes, features, evaluator=None)
+    readers = {  # found by the 60 % held-out-Gemma-3 searches (seeds 0 and 1) and a 70 % random search
+        "log|log(d + 1e-6)|": _depth_function(["dsa_log"], "mean", [], "log", "dsa", 0.04),
+        "log|tanh(d)|": _depth_function([], "mean", ["tanh"], "log", "dsa", 0.15),
+        "sigmoid(tanh|rank(d^2)|)": _depth_function(["square", "abs"], "rank", ["abs", "tanh"], "sigmoid", "alpha", 0.3),
+    }
+    for name, function in readers.items():
+        ind = checked.individual(to_names(function))
+        ratios = plain.ratios_of(plain.individual(to_names(function)))
+        assert ratios is not None, name  # valid without the check...
+        singled_out = {i for i, r in enumerate(ratios) if abs(r - statistics.median(ratios)) > 0.02}
+        assert singled_out & {0, n - 1} and len(singled_out) <= 2, (name, ratios)  # ...and a boundary rule
+        assert checked.ratios_of(ind) is None, name
+    assert checked.state.guard_readers == 3
+    rules = {"mean(tanh(d))": _depth_function(["tanh"], "mean", [], "noop", "dsa", 0.1),
+             "tanh(sin(mean(tanh(d))))": _depth_function(["tanh"], "mean", ["sin"], "tanh", "dsa", 0.08)}
+    for name, function in rules.items():
+        ratios = checked.ratios_of(checked.individual(to_names(function)))
+        assert ratios == plain.ratios_of(plain.individual(to_names(function))), name
+    for name in seed_genomes(operands=("depth",)):
+        assert checked.ratios_of(checked.individual(seed_genomes(operands=("depth",))[name])) is not None, name
+    assert checked.state.guard_readers == 3
+
+    # A worker computes a prefix with the guards moved when asked, and restores them after.
+    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
+    def reduction_node(function):
+        node = parse(to_names(function), lambda name: checked.pset.mapping[name].arity)
+        while stage_of(node.name) != "red":
+            node = node.children[0]
+        return node
+    prefix = reduction_node(_depth_function([], "mean", [], "noop", "dsa", 0.1))  # mean(depth)
+    log_node = reduction_node(_depth_function(["log"], "mean", [], "noop", "dsa", 0.1))  # mean(log(depth))
+    assert pool.call("features", prefix, False)[:2] == [0.0, 1 / (n - 1)]
+    assert pool.call("features", prefix, True)[0] == pytest.approx(1e-4, rel=1e-12)
+    assert pool.call("features", log_node, False)[0] == pytest.approx(math.log(torch.finfo(torch.float32).tiny))
+    assert pool.call("features", log_node, True)[0] == pytest.approx(math.log(1e-4), rel=1e-6)
+    assert pre.TINY == torch.finfo(torch.float32).tiny and transform.TINY == torch.finfo(torch.float64).tiny
+    # Multi-target searches ask the workers for the moved features through Target.moved_features.
+    moved_calls = []
+    target = Target("m", 0.6, bench.sizes, lambda node: pool.call("features", node, False), "m@0.6|",
+                    lambda node: moved_calls.append(node) or pool.call("features", node, True))
+    remote = Search(SearchConfig(operands=("depth",), guard_check=True), None, None, evaluator=None, targets=[target])
+    assert remote.ratios_of(remote.individual(to_names(readers["log|tanh(d)|"]))) is None and moved_calls

@@ -14,6 +14,8 @@ from torch import Tensor
 DEFAULT_MAX_RATIO = 0.99
 # DSA replaces +-inf by a large finite value so a candidate function never crashes the map.
 INF_SENTINEL = 1e6
+NAN_FILL = 0.0       # what both sanitisers put for nan (DSA's convention)
+DSA_INF_FILL = -1.0  # what DSA's sanitiser puts for +-inf
 # Tolerance on the weighted mean ratio (a relative budget error, independent of model size).
 BUDGET_TOL = 1e-9
 _BISECTION_STEPS = 200
@@ -46,7 +48,7 @@ def weighted_mean(values, sizes) -> float:
 
 def sanitize(values) -> Tensor:
     """NaN -> 0, +inf -> +1e6, -inf -> -1e6 (DSA's convention), as float64."""
-    return torch.nan_to_num(_as_float64(values), nan=0.0, posinf=INF_SENTINEL, neginf=-INF_SENTINEL)
+    return torch.nan_to_num(_as_float64(values), nan=NAN_FILL, posinf=INF_SENTINEL, neginf=-INF_SENTINEL)
 
 
 def uniform(sizes, sparsity: float) -> Tensor:
@@ -184,7 +186,7 @@ def alpha_map(values, sizes, sparsity: float, eps: float, max_ratio: float = DEF
 
 def sanitize_dsa(values) -> Tensor:
     """DSA's own special values (lib/autolayer.py): NaN -> 0 and +-inf -> -1, as float64."""
-    return torch.nan_to_num(_as_float64(values), nan=0.0, posinf=-1.0, neginf=-1.0)
+    return torch.nan_to_num(_as_float64(values), nan=NAN_FILL, posinf=DSA_INF_FILL, neginf=DSA_INF_FILL)
 
 
 def dsa_map(values, sizes, sparsity: float, lam: float, max_ratio: float = DEFAULT_MAX_RATIO) -> Tensor:

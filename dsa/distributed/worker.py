@@ -12,6 +12,7 @@ import torch
 
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios, block_alphas
 from dsa.allocation.constants import alpha_eps_for
+from dsa.functions import guards
 from dsa.functions.codec import node_name
 from dsa.functions.pipeline import Node, features_on, prefix_key
 from evaluators.session import EvaluationSession
@@ -38,10 +39,15 @@ class Worker:
                 # Ray gives a GPU actor exactly its own device(s); the model then goes to cuda:0 of those.
                 "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
-    def features(self, node: Node) -> list[float]:
+    def features(self, node: Node, guards_moved: bool = False) -> list[float]:
+        """A prefix's per-block values; with `guards_moved`, computed with the ops' guard constants
+        moved (dsa.functions.guards), for the search's guard check."""
         key = prefix_key(node)
-        if key in CACHED_ALPHAS:  # AlphaPruning's own metric: from its per-model disk cache, SVDs once
+        if key in CACHED_ALPHAS:  # AlphaPruning's own metric: from its per-model disk cache, SVDs once (no guards)
             return block_alphas(self.session.bench, CACHED_ALPHAS[key]).tolist()
+        if guards_moved:
+            with guards.perturbed():
+                return self.features_fn(node)
         return self.features_fn(node)
 
     def losses(self, ratios: list[float], indices: list[int], form: str = "cached") -> list[float]:

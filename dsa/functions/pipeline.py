@@ -51,10 +51,14 @@ def prefix_key(node: Node) -> str:
     return f"{node.name}({', '.join(prefix_key(c) for c in node.children)})"
 
 
+DEPTH_INSET = 0.0  # moved by the guard check (dsa.functions.guards) to test continuity at depth's ends
+
+
 def relative_depth(index: int, n_blocks: int) -> float:
     """The `depth` operand's value: index / (n_blocks - 1), 0 for the first block and 1 for the
     last (0 for a one-block model)."""
-    return index / (n_blocks - 1) if n_blocks > 1 else 0.0
+    depth = index / (n_blocks - 1) if n_blocks > 1 else 0.0
+    return DEPTH_INSET + (1.0 - 2.0 * DEPTH_INSET) * depth
 
 
 def operand_mats(operand: str, index: int, n_blocks: int,
@@ -114,6 +118,10 @@ class FeatureMemo:
         return torch.tensor(self.values[key], dtype=torch.float64)
 
 
+DIV_EPS = 1e-12      # protected division: a divisor this small counts as zero...
+DIV_FALLBACK = 1.0   # ...and the quotient is this
+
+
 def _arith(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if op == "add":
         return a + b
@@ -121,8 +129,8 @@ def _arith(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a - b
     if op == "mul":
         return a * b
-    # protected division: 1 where the divisor vanishes
-    return torch.where(b.abs() > 1e-12, a / torch.where(b.abs() > 1e-12, b, 1.0), torch.ones_like(a))
+    vanishes = ~(b.abs() > DIV_EPS)  # nan counts as vanishing, too
+    return torch.where(vanishes, torch.full_like(a, DIV_FALLBACK), a / torch.where(vanishes, 1.0, b))
 
 
 def block_values(node: Node, memo: FeatureMemo) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .fitness import FitnessCache, fitness_together, ratio_key
 from dsa.allocation.constants import ALPHA_EPS
 from dsa.functions.genome import (OPERANDS, Ratios, build_pset, check_operands, names_of, random_subtree, seed_genomes,
                                   tree_from_names)
+from dsa.functions import guards
 from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, parse
 
 PENALTY = 1e9  # fitness of a function that yields no valid ratios: never selected, never a crash
@@ -56,6 +57,7 @@ class SearchConfig:
     max_switches: int = 3      # per-block: level switches per child (EvoPress: 1..3)
     fitness_form: str = "cached"  # full evaluations: "cached" Wanda (the proxy) or "sequential" (the final pruner)
     operands: tuple = ()       # the operands functions may read; empty: all of OPERANDS
+    guard_check: bool = False  # reject functions whose ratios move when the ops' guards move (dsa.functions.guards)
 
     def allowed_operands(self) -> tuple:
         return check_operands(self.operands or OPERANDS)
@@ -75,6 +77,7 @@ class SearchState:
     windows_evaluated: int = 0
     cache_hits: int = 0
     invalid: int = 0
+    guard_readers: int = 0        # of the invalid: functions rejected for reading a guard (guard_check)
     feature_cache_hits: int = 0
     wall_s: float = 0.0
     rng: list | None = None
@@ -100,7 +103,8 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
         expect(isinstance(value, (int, float)) and 0 < value < 1, "config sparsity must lie in (0, 1)")
     expect(config.mode in ("function", "per-block"), f"unknown search mode {config.mode!r:.40}")
     expect(config.fitness_form in FITNESS_FORMS, f"unknown fitness form {config.fitness_form!r:.40}")
-    counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "feature_cache_hits")
+    counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "guard_readers",
+                "feature_cache_hits")
     for name in counters:
         value = getattr(state, name)
         expect(type(value) is int and value >= 0, f"{name} must be a non-negative integer, not {value!r:.40}")
@@ -173,6 +177,7 @@ class Target:
     sizes: object          # float64 tensor, prunable weights per block
     features: Callable     # prefix node -> per-block values, computed where the model is
     namespace: str = ""
+    moved_features: Callable | None = None  # the same with the guards moved, where the model is (None: in process)
 
 
 class Search:
@@ -194,12 +199,15 @@ class Search:
         self.targets = targets or [Target(None, config.sparsity, sizes, features)]
         self.sizes = self.targets[0].sizes
         # One memo per model, all stored in the checkpointed state (keys carry the namespace).
-        self.memos = {}
+        self.memos, self.moved_memos = {}, {}
         for target in self.targets:
             model = target.namespace.split("@")[0]
             if model not in self.memos:
                 self.memos[model] = FeatureMemo(target.features, namespace=f"{model}|" if model else "")
                 self.memos[model].values = self.state.features
+                self.moved_memos[model] = FeatureMemo(target.moved_features or target.features,
+                                                      namespace=f"guards-moved|{model}|")
+                self.moved_memos[model].values = self.state.features
         self.caches, self.full_caches = fitness_caches(self.state, evaluator, self.targets, config.fitness_form)
         self.checkpoint_dir = checkpoint_dir
         self.extra = extra or {}
@@ -245,6 +253,8 @@ class Search:
             before = memo.hits
             try:
                 result.append(allocation_ratios(root, memo, target.sizes, target.sparsity).tolist())
+                if self.config.guard_check:
+                    self._check_guards(root, target, result[-1])
             except (InvalidFunction, ValueError, RuntimeError, OverflowError):
                 result = None
             self.state.feature_cache_hits += memo.hits - before
@@ -252,6 +262,15 @@ class Search:
                 break
         ind.key = "|".join(ratio_key(r) for r in result) if result is not None else f"invalid:{ind}"
         return result
+
+    def _check_guards(self, root, target: Target, found: list[float]) -> None:
+        """Raise InvalidFunction when the ratios move with the ops' guard constants."""
+        with guards.perturbed():
+            moved = allocation_ratios(root, self.moved_memos[target.namespace.split("@")[0]], target.sizes,
+                                      target.sparsity).tolist()
+        if guards.guard_shift(found, moved) > guards.GUARD_TOLERANCE:
+            self.state.guard_readers += 1
+            raise InvalidFunction("reads a guard")
 
     def importance_of(self, ind, target: int = 0) -> list[float]:
         """The per-block values the map receives (after post-processing), on one target."""

@@ -89,14 +89,14 @@ def make_search(pool, config: RunConfig, state: SearchState | None = None) -> Se
                               state, where, extra={"run": config.as_dict()})
     single = len(infos) == 1 and len(config.sparsities()) == 1
     targets = [Target(m, s, torch.tensor(info["sizes"], dtype=torch.float64), _remote_features(pool, m),
-                      "" if single else f"{m}@{s:g}|")
+                      "" if single else f"{m}@{s:g}|", _remote_features(pool, m, guards_moved=True))
                for m, info in infos.items() for s in config.sparsities()]
     return Search(config.search, None, None, evaluator, state, where, extra={"run": config.as_dict()}, targets=targets,
                   seed_eps=alpha_eps_for(config.bench.metric))
 
 
-def _remote_features(pool, model: str):
-    return lambda node: pool.call("features", node, group=model)  # computed where the model is
+def _remote_features(pool, model: str, guards_moved: bool = False):
+    return lambda node: pool.call("features", node, guards_moved, group=model)  # computed where the model is
 
 
 def target_allocations(search, pool, config: RunConfig, index: int, best, atp: dict) -> dict:
@@ -337,7 +337,8 @@ def finish(search, pool, config: RunConfig, workers=0, address=None) -> dict:
     state = search.state
     counters = {"evaluations": state.evaluations, "windows_evaluated": state.windows_evaluated,
                 "cache_hits": state.cache_hits, "feature_cache_hits": state.feature_cache_hits,
-                "invalid_functions": state.invalid, "distinct_features": len(state.features),
+                "invalid_functions": state.invalid, "guard_readers": state.guard_readers,
+                "distinct_features": len(state.features),
                 "generations": state.generation, "wall_s": round(state.wall_s, 1), "history": state.history,
                 "workers": workers_info, "final_select": selection}
     label = "per-block search" if per_block else "random search" if config.search.random_search else "evolution"

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guard-check", action="store_true",
                    help="reject (as invalid) functions whose ratios move by more than 0.001 on a block when the ops' "
                         "numerical guards move (log floors, DSA's log epsilon and zero fill, the exp clamp, division "
-                        "by ~0, the nan/inf fills): such a function reads a guard, e.g. protects block 0 because "
+                        "by ~0, the nan/inf fills) and depth's ends move inward by 1e-4: such a function reads a guard, e.g. protects block 0 because "
                         "log(depth) hits the floor there, a fact about one block rather than a rule (default: off)")
     e.add_argument("--per-block", action="store_true",
                    help="evolve the per-block ratio vector itself (EvoPress-style (1+lambda) level switches) "

@@ -395,10 +395,11 @@ class Search:
     def restore(self) -> None:
         checkpoint.restore_rng(self.state.rng)
         self.population = [self._with_fitness(n, f) for n, f in self.state.population]
-        hits = self.state.feature_cache_hits
+        hits, readers = self.state.feature_cache_hits, self.state.guard_readers
         for ind in self.population:
             self.allocation_of(ind)  # re-tags the allocation key; features come from the checkpoint
-        self.state.feature_cache_hits = hits  # re-tagging is bookkeeping, not search work
+        # Re-tagging is bookkeeping, not search work: a reader kept in the population is not counted twice.
+        self.state.feature_cache_hits, self.state.guard_readers = hits, readers
         self.hof = tools.HallOfFame(self.config.hall_of_fame)
         # Inserted worst first: DEAP puts a newcomer before its equals, so ties keep their saved order.
         for names, value in reversed(self.state.hall_of_fame):

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reject (as invalid) functions whose ratios move by more than 0.001 on a block when the ops' "
                         "numerical guards move (log floors, DSA's log epsilon and zero fill, the exp clamp, division "
                         "by ~0, the nan/inf fills) and depth's ends move inward by 1e-4: such a function reads a guard, e.g. protects block 0 because "
-                        "log(depth) hits the floor there, a fact about one block rather than a rule (default: off)")
+                        "log(depth) hits the floor there, a fact about one block rather than a rule; with `--operands depth` "
+                        "the leave-one-out searches that transferred to every held-out model used it (default: off)")
     e.add_argument("--per-block", action="store_true",
                    help="evolve the per-block ratio vector itself (EvoPress-style (1+lambda) level switches) "
                         "instead of a function: a per-model reference at the same evaluation budget")

@@ -237,3 +237,27 @@ def test_guard_replay_reproduces_a_search_from_its_cache(bench, tmp_path):
         assert checked == same
     else:  # it rejected something: either the trajectory changed, or it ran on through cached allocations
         assert (checked["diverged"] is None) == (checked["generations"] == 2)
+
+
+def test_paired_gap_pairs_windows_and_replays_atp_at_a_lambda(session):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import paired_gap
+    ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
+            "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.12}}
+    # atp:0.12 is the search's ATP at spread 0.12: the depth ramp `mean(depth)` with a DSA map at 0.12
+    ramp_ratios = paired_gap.function_ratios(ramp, session.block_matrices, session.n_blocks, session.sizes, 0.6)[0]
+    assert paired_gap.allocation("atp:0.12", session, 0.6) == pytest.approx(ramp_ratios, abs=1e-12)
+    with pytest.raises(paired_gap.UserError, match="not legal"):
+        paired_gap.allocation("atp:0.5", session, 0.6)
+    # the paired test by hand: differences -0.1, -0.3 -> mean -0.2, standard error 0.1, z -2
+    row, = paired_gap.gap_rows([1.0, 2.0], {"uniform": [1.1, 2.3]}, "wiki/test")
+    assert row["difference"] == pytest.approx(-0.2) and row["z"] == pytest.approx(-2.0)
+    assert row["ratio"] == pytest.approx(math.exp(-0.2) - 1) and row["windows_lower"] == 2
+    assert row["perplexity"] == pytest.approx(math.exp(1.7))
+    # real prunes, two windows: the ramp at 60 % against uniform, and the model is dense afterwards
+    dense = session.window_log_perplexities(["wiki/test"], 2)["wiki/test"]
+    logppl = paired_gap.measure(session, ramp, ["uniform"], 0.6, "wanda", "wiki/test", 2)
+    assert session.window_log_perplexities(["wiki/test"], 2)["wiki/test"] == dense
+    assert all(len(v) == 2 for v in logppl.values())
+    assert all(math.log(20) < v < math.log(400) for values in logppl.values() for v in values), logppl
+    assert logppl["function"] != logppl["uniform"]

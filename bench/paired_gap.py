@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsa.allocation.allocate import BaselineOptions, baseline_ratios  # noqa: E402
+from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios  # noqa: E402
 from dsa.allocation.baselines import atp_grid  # noqa: E402
 from dsa.allocation.constants import alpha_eps_for  # noqa: E402
 from dsa.functions.amplitude import paired_z  # noqa: E402
@@ -33,6 +33,18 @@ from dsa.functions.replay import function_ratios, load_function  # noqa: E402
 from evaluators.errors import UserError  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig  # noqa: E402
+
+
+def baseline_spec(spec: str) -> str:
+    """argparse type of --against: a baseline name or atp:LAMBDA, checked before the model loads."""
+    name, _, lam = spec.partition(":")
+    try:
+        ok = name in METHODS and (name == "atp") == bool(lam) and (not lam or 0 <= float(lam) < 1)  # ATP needs its spread
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{spec!r}: use one of {', '.join(m for m in METHODS if m != 'atp')}, or atp:LAMBDA (ATP at spread LAMBDA)")
+    return spec
 
 
 def allocation(spec: str, session: EvaluationSession, sparsity: float, pruner: str = "wanda") -> list[float]:
@@ -86,7 +98,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--function", required=True, help="function file (search.py's best.json)")
-    parser.add_argument("--against", nargs="+", default=["uniform"], help="baselines: uniform, owl, alphapruning, atp:LAMBDA ...")
+    parser.add_argument("--against", nargs="+", default=["uniform"], type=baseline_spec, help="baselines: uniform, owl, alphapruning, atp:LAMBDA ...")
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--pruner", default="wanda", choices=("wanda", "sparsegpt", "alps"))
     parser.add_argument("--calib", default="c4/train")

@@ -261,3 +261,12 @@ def test_paired_gap_pairs_windows_and_replays_atp_at_a_lambda(session):
     assert all(len(v) == 2 for v in logppl.values())
     assert all(math.log(20) < v < math.log(400) for values in logppl.values() for v in values), logppl
     assert logppl["function"] != logppl["uniform"]
+
+
+def test_paired_gap_checks_its_baselines_before_loading_a_model():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "paired_gap.py"), "--function", "missing.json",
+                          "--against", "atp"], capture_output=True, text=True)
+    assert out.returncode == 2 and "atp:LAMBDA" in out.stderr
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "paired_gap.py"), "--function", "missing.json",
+                          "--against", "atp:0.12", "uniform"], capture_output=True, text=True)
+    assert out.returncode == 1 and "missing file: missing.json" in out.stderr

@@ -18,16 +18,16 @@ from pathlib import Path
 
 from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
 from dsa.allocation.baselines import atp_grid
-from dsa.allocation.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
+from dsa.core.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
 from dsa.functions import guards
 from dsa.functions.files import describe, importance_expr, map_of, same_formula, with_map_constant
 from dsa.functions.amplitude import choice_score, choose_amplitude, perplexities_of
 from dsa.functions.replay import amplitude_grid, function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
-from evaluators.cache import atomic_write_text
-from evaluators.paths import check_output_dir, check_output_file
-from evaluators.errors import UserError, exits_cleanly
+from dsa.core.storage import atomic_write_text
+from dsa.core.paths import check_output_dir, check_output_file
+from dsa.core.errors import UserError, exits_cleanly
 from evaluators.pruning import parse_structure
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
 from evaluators.workbench import BenchConfig, check_text

@@ -24,8 +24,8 @@ from dsa.functions.genome import OPERANDS
 from dsa.search import checkpoint
 from dsa.search.evolution import FITNESS_FORMS, SearchConfig, SearchState, check_state
 from dsa.search.runner import REPORT_BASELINES, RunConfig, run
-from evaluators.paths import check_output_dir
-from evaluators.errors import UserError, exits_cleanly
+from dsa.core.paths import check_output_dir
+from dsa.core.errors import UserError, exits_cleanly
 from evaluators.session import OBJECTIVES
 from evaluators.workbench import BenchConfig
 

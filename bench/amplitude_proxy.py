@@ -22,10 +22,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios  # noqa: E402
 from dsa.allocation.baselines import atp_grid  # noqa: E402
-from dsa.allocation.constants import ATP_LAMBDAS  # noqa: E402
+from dsa.core.constants import ATP_LAMBDAS  # noqa: E402
 from dsa.functions.files import with_map_constant  # noqa: E402
 from dsa.functions.replay import amplitude_grid, function_ratios, load_function  # noqa: E402
-from evaluators.cache import atomic_write_text  # noqa: E402
+from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluators.cache import atomic_write_text  # noqa: E402
+from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig  # noqa: E402
 

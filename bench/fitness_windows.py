@@ -30,7 +30,7 @@ from dsa.functions.genome import seed_genomes  # noqa: E402
 from dsa.functions.pipeline import features_on  # noqa: E402
 from dsa.search.evolution import Search, SearchConfig  # noqa: E402
 from dsa.search.runner import spearman  # noqa: E402
-from evaluators.cache import atomic_write_text  # noqa: E402
+from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig  # noqa: E402
 

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsa.allocation.constants import alpha_eps_for  # noqa: E402
+from dsa.core.constants import alpha_eps_for  # noqa: E402
 from dsa.functions.genome import names_of  # noqa: E402
 from dsa.functions.pipeline import prefix_values  # noqa: E402
 from dsa.search import checkpoint, runner  # noqa: E402

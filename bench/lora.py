@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsa.allocation.allocate import baseline_ratios  # noqa: E402
 from dsa.functions.replay import function_ratios, load_function  # noqa: E402
-from evaluators.cache import atomic_write_text  # noqa: E402
+from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.data import token_windows  # noqa: E402
 from evaluators.lora import finetune_lora  # noqa: E402
 from evaluators.perplexity import perplexity  # noqa: E402

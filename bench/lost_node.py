@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsa.distributed.pool import RayPool  # noqa: E402
 from dsa.search import runner  # noqa: E402
 from dsa.search.evolution import SearchConfig  # noqa: E402
-from evaluators.cache import atomic_write_text  # noqa: E402
+from dsa.core.storage import atomic_write_text  # noqa: E402
 
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
 SAME = ("evaluations", "windows_evaluated", "cache_hits", "history")

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios  # noqa: E402
 from dsa.allocation.baselines import atp_grid  # noqa: E402
-from dsa.allocation.constants import alpha_eps_for  # noqa: E402
+from dsa.core.constants import alpha_eps_for  # noqa: E402
 from dsa.functions.amplitude import paired_z  # noqa: E402
 from dsa.functions.replay import function_ratios, load_function  # noqa: E402
-from evaluators.errors import UserError  # noqa: E402
+from dsa.core.errors import UserError  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig  # noqa: E402
 

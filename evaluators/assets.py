@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import UserError
+from dsa.core.errors import UserError
 
 # sha256 of each pinned wheel, as published on PyPI.
 WHEELS = {

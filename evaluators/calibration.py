@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .assets import cache_dir
-from .cache import cached, load_tensors, save_tensors
+from dsa.core.storage import cached, load_tensors, save_tensors
 from .capture import InputStats, StopForward, raise_stop
 from .models import LoadedModel
 from .scores import score_matrix

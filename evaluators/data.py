@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from . import assets
-from .errors import UserError
-from .paths import check_input_file
+from dsa.core.errors import UserError
+from dsa.core.paths import check_input_file
 
 EXL_DATA = "exllamav3/conversion/standard_cal_data/"
 BUILTIN_TEXTS = ["wiki/validation", "wiki/test", "c4/train", "ptb/train", "ptb/valid", "ptb/test"]

@@ -17,8 +17,8 @@ from filelock import FileLock
 from torch import nn
 
 from . import assets
-from .cache import staged_directory, tensors_digest
-from .errors import UserError
+from dsa.core.storage import staged_directory, tensors_digest
+from dsa.core.errors import UserError
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from .calibration import layer_key
-from .errors import UserError
+from dsa.core.errors import UserError
 from .models import LoadedModel
 from .scores import nm_keep_mask, score_matrix
 

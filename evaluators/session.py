@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from dsa.core.errors import UserError
 from .perplexity import perplexity, window_nll
 from .pruning import prune_magnitude_per_matrix, zero_fraction
 from .sequential import sequential_prune

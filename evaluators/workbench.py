@@ -14,7 +14,7 @@ import torch
 from . import assets
 from .calibration import input_norms, layer_key, row_orders
 from .data import BUILTIN_TEXTS, CALIB_NEXT, ONLINE_TEXTS, load_text, token_windows
-from .errors import UserError
+from dsa.core.errors import UserError
 from .models import default_device_dtype, load_model, resolve
 from .perplexity import perplexity, window_nll
 from .pruning import Pruner, block_sizes

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError
+from dsa.core.errors import UserError
 
 STANDARD_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 INSTALL = "pip install 'lm-eval[hf]>=0.4.13'"

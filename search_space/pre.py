@@ -44,8 +44,8 @@ import math
 import sympy
 import torch
 
-from dsa.allocation import metrics
-from dsa.allocation.metrics import element_count, element_sum
+from dsa.core import numerics as metrics
+from dsa.core.numerics import element_count, element_sum
 
 from .op import Op, registry
 

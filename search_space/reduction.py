@@ -23,8 +23,8 @@ import math
 import sympy
 import torch
 
-from dsa.allocation.constants import OWL_M
-from dsa.allocation.metrics import (NAN, block_alpha, chunks, element_count, element_mean, element_sum,
+from dsa.core.constants import OWL_M
+from dsa.core.numerics import (NAN, block_alpha, chunks, element_count, element_mean, element_sum,
                                     mean_over, outlier_fraction)
 
 from .op import Op, registry

@@ -132,7 +132,7 @@ def test_unwritable_outputs_refused_before_any_work(capsys, tmp_path):
 
 def test_a_second_search_with_the_same_name_is_refused(tmp_path):
     from dsa.search import checkpoint
-    from evaluators.errors import UserError
+    from dsa.core.errors import UserError
 
     with checkpoint.exclusive(tmp_path / "same"):
         with pytest.raises(UserError, match="in use by a running search"):
@@ -144,7 +144,7 @@ def test_a_second_search_with_the_same_name_is_refused(tmp_path):
 
 def test_save_never_deletes_what_it_did_not_write(tmp_path):
     from dsa.outputs.export import check_save_dir
-    from evaluators.errors import UserError
+    from dsa.core.errors import UserError
 
     sibling = tmp_path / "out.tmp"
     sibling.mkdir()

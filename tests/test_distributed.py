@@ -22,7 +22,7 @@ from dsa.search import runner
 from dsa.search.evolution import SearchConfig
 from dsa.distributed.pool import RayPool
 from evaluators.assets import cache_dir
-from evaluators.errors import UserError
+from dsa.core.errors import UserError
 
 from conftest import TEST_CONFIG
 

@@ -12,7 +12,7 @@ import sympy
 import torch
 from sympy.core.function import AppliedUndef
 
-from dsa.allocation import metrics
+from dsa.core import numerics as metrics
 from dsa.allocation.ratios import dsa_map, owl_map
 from dsa.functions.codec import DEPTH
 from dsa.functions.files import (DSA_PUBLISHED, FunctionError, describe, from_root, importance_expr, same_formula,

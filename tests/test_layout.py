@@ -3,8 +3,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RANK = {"evaluators": 0, "dsa.allocation": 1, "search_space": 2, "dsa.functions": 3, "dsa.distributed": 4,
-        "dsa.outputs": 4, "dsa.search": 5, "cli": 6}
+RANK = {"dsa.core": 0, "evaluators": 1, "dsa.allocation": 2, "search_space": 3, "dsa.functions": 4,
+        "dsa.distributed": 5, "dsa.outputs": 5, "dsa.search": 6, "cli": 7}
 
 
 def layer_of(module: str) -> str | None:

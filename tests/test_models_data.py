@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evaluators import assets, data, models
-from evaluators.errors import UserError
+from dsa.core.errors import UserError
 from evaluators.models import load_model
 
 
@@ -92,7 +92,7 @@ def test_qwen2_assembly_refuses_wrong_bytes(tmp_path, monkeypatch):
     import pytest
 
     from evaluators import assets
-    from evaluators.errors import UserError
+    from dsa.core.errors import UserError
 
     info = dict(assets.BUILTIN_MODELS["qwen2.5-0.5b"])
     info["wheels"], info["members"] = info["wheels"][::-1], info["members"][::-1]

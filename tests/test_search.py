@@ -488,7 +488,7 @@ def test_held_out_atp_takes_the_lambda_best_over_all_training_models():
     from types import SimpleNamespace
 
     from dsa.allocation.baselines import atp_grid
-    from dsa.allocation.constants import ATP_LAMBDAS
+    from dsa.core.constants import ATP_LAMBDAS
 
     def choice(values):
         grid = [{"lambda": lam, "validation": v} for lam, v in zip(ATP_LAMBDAS, values)]

@@ -12,8 +12,8 @@ from sympy.core.function import AppliedUndef
 
 from search_space import post, pre, reduction, transform
 from search_space.op import Op
-from dsa.allocation import metrics
-from dsa.allocation.metrics import block_alpha, esd, hill_alpha, hill_at, outlier_fraction
+from dsa.core import numerics as metrics
+from dsa.core.numerics import block_alpha, esd, hill_alpha, hill_at, outlier_fraction
 
 X = sympy.Symbol("x")
 

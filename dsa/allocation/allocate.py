@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import torch
 
 from evaluators.assets import cache_dir
-from evaluators.cache import cached
-from evaluators.errors import UserError
+from dsa.core.storage import cached
+from dsa.core.errors import UserError
 from evaluators.workbench import Workbench
 
 from . import baselines
-from .constants import ALPHA_EPS, ALPHA_MODE, DLP_ALPHA, DSA_LAMBDA, OWL_LAMBDA, OWL_M
+from dsa.core.constants import ALPHA_EPS, ALPHA_MODE, DLP_ALPHA, DSA_LAMBDA, OWL_LAMBDA, OWL_M
 from .dlp import dlp_ratios
-from .metrics import block_alpha
+from dsa.core.numerics import block_alpha
 
 METHODS = ("uniform", "global", "er", "owl", "alphapruning", "lamp", "dsa-published", "atp", "dlp", "dlp-median")
 

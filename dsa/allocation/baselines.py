@@ -9,8 +9,8 @@ meeting sum(sizes * ratios) == sparsity * sum(sizes) with each ratio in [0, max_
 import torch
 from torch import Tensor
 
-from .constants import ALPHA_EPS, ALPHA_MODE, DSA_LAMBDA, OWL_LAMBDA, OWL_M
-from .metrics import block_alpha, element_count, element_sum, outlier_fraction
+from dsa.core.constants import ALPHA_EPS, ALPHA_MODE, DSA_LAMBDA, OWL_LAMBDA, OWL_M
+from dsa.core.numerics import block_alpha, element_count, element_sum, outlier_fraction
 from .ratios import DEFAULT_MAX_RATIO, alpha_map, dsa_map, owl_map, rebalance, sanitize_dsa, uniform
 
 # Above this many scores the global threshold is estimated on a subsample: the exact

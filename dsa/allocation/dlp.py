@@ -47,7 +47,7 @@ Gaps and how they are filled
   code); ``statistic="median"`` is the paper's method, offered as the baseline `dlp-median`.
   "median" is torch.median (the lower of the two middle values for an even count), as in the
   code; "std"/"var" are unbiased (torch defaults), as in the code. The mean is the streaming
-  float64 mean of dsa.allocation.metrics, the same number the search's `mean` reduction gives,
+  float64 mean of dsa.core.numerics, the same number the search's `mean` reduction gives,
   so the `dlp` seed of the search reproduces this baseline exactly.
 - Budget: DLP centres with the plain mean (budget = mean ratio). The project's budget is
   parameter-weighted; ``rebalance`` applies one additive shift (a no-op for equal-sized
@@ -62,8 +62,8 @@ Gaps and how they are filled
 import torch
 from torch import Tensor
 
-from .constants import DLP_ALPHA
-from .metrics import element_mean
+from dsa.core.constants import DLP_ALPHA
+from dsa.core.numerics import element_mean
 from .ratios import DEFAULT_MAX_RATIO, dsa_map, sanitize_dsa
 
 DEFAULT_STATISTIC = "mean"

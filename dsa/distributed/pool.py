@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from evaluators.errors import UserError
+from dsa.core.errors import UserError
 
 from .worker import Worker
 

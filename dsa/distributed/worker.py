@@ -11,7 +11,7 @@ import os
 import torch
 
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios, block_alphas
-from dsa.allocation.constants import alpha_eps_for
+from dsa.core.constants import alpha_eps_for
 from dsa.functions import guards
 from dsa.functions.codec import node_name
 from dsa.functions.pipeline import Node, features_on, prefix_key

@@ -22,7 +22,7 @@ import random
 
 from deap import gp
 
-from dsa.allocation.constants import ALPHA_EPS, ATP_LAMBDAS, DLP_ALPHA, DSA_LAMBDA, OWL_LAMBDA
+from dsa.core.constants import ALPHA_EPS, ATP_LAMBDAS, DLP_ALPHA, DSA_LAMBDA, OWL_LAMBDA
 from search_space import post, pre, reduction, transform
 
 from .codec import DEPTH, const_name, node_name, stage_of

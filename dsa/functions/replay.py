@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from dsa.allocation.constants import ATP_LAMBDAS
-from evaluators.errors import UserError
-from evaluators.paths import check_input_file
+from dsa.core.constants import ATP_LAMBDAS
+from dsa.core.errors import UserError
+from dsa.core.paths import check_input_file
 
 from .files import MAX_FILE_BYTES, FunctionError, map_of, to_names
 from .genome import EPS_GRID, LAMBDA_MAPS, build_pset

@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from evaluators.cache import atomic_write_text, staged_directory
-from evaluators.errors import UserError
+from dsa.core.storage import atomic_write_text, staged_directory
+from dsa.core.errors import UserError
 from evaluators.models import LoadedModel
 from evaluators.sequential import SPARSEGPT_BLOCK_SIZE, SPARSEGPT_DAMPING
 

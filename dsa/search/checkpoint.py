@@ -9,8 +9,8 @@ from dataclasses import asdict
 from contextlib import contextmanager
 from pathlib import Path
 
-from evaluators.cache import atomic_write_text
-from evaluators.errors import UserError
+from dsa.core.storage import atomic_write_text
+from dsa.core.errors import UserError
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"

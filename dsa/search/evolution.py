@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .fitness import FitnessCache, fitness_together, ratio_key
-from dsa.allocation.constants import ALPHA_EPS
+from dsa.core.constants import ALPHA_EPS
 from dsa.functions.genome import (OPERANDS, Ratios, build_pset, check_operands, names_of, random_subtree, seed_genomes,
                                   tree_from_names)
 from dsa.functions import guards

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dsa.functions.files import describe
 from dsa.outputs.comparison import plot_allocations
-from evaluators.cache import atomic_write_text
+from dsa.core.storage import atomic_write_text
 
 
 def _plots(out: Path, history: list[dict], baseline_val: dict[str, float], allocations: dict, label: str) -> None:

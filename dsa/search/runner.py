@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dsa.allocation.baselines import atp_grid
-from dsa.allocation.constants import ATP_LAMBDAS, alpha_eps_for
+from dsa.core.constants import ATP_LAMBDAS, alpha_eps_for
 from dsa.distributed.pool import open_pool
 from dsa.functions.files import from_root, map_of, with_map_constant
 from dsa.functions.pipeline import FeatureMemo, allocation_ratios, block_values

@@ -1,0 +1,6 @@
+"""The lowest floor: what every other package may import and that imports none of them.
+
+errors (the one user-facing exception), paths (checked before any work), storage (atomic
+files and self-checking caches), numerics (streaming sums and Hill alpha, shared by the
+search ops and the baselines) and constants (the published methods' hyper-parameters).
+"""

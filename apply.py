@@ -9,26 +9,26 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios
-from dsa.allocation.baselines import atp_grid
-from dsa.core.constants import ATP_LAMBDAS, DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
-from dsa.functions import guards
-from dsa.functions.files import describe, importance_expr, map_of, same_formula, with_map_constant
-from dsa.functions.amplitude import choice_score, choose_amplitude, perplexities_of
-from dsa.functions.replay import amplitude_grid, function_ratios, load_function
+from dsa.allocation.allocate import METHODS, BaselineOptions
+from dsa.core.constants import DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
+from dsa.functions import guards, library
+from dsa.functions.files import describe, importance_expr, map_of, same_formula
+from dsa.functions.replay import function_ratios, load_function
 from dsa.outputs.comparison import write_comparison
+from dsa.protocol import one_model
+from dsa.protocol.grids import Choosing
+from dsa.protocol.session import SessionMeasurer
 from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_recipe, save_pruned, write_recipe
 from dsa.core.storage import atomic_write_text
-from dsa.core.paths import check_output_dir, check_output_file
+from dsa.core.paths import check_new_output_dir, check_output_file
 from dsa.core.errors import UserError, exits_cleanly
-from evaluators.pruning import parse_structure
+from evaluators.pruners import parse_structure
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
 from evaluators.workbench import BenchConfig, check_text
 from evaluators.zeroshot import ZeroShot
@@ -44,6 +44,12 @@ def _sparsity(text: str) -> float:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    _model_options(parser)
+    _baseline_options(parser)
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The model, the final pruner, the data and the device."""
     defaults = BenchConfig()
     parser.add_argument("--model", default="smollm2-135m",
                         help="built-in alias (smollm2-135m, gemma3-270m, qwen2.5-0.5b), hub id, HF directory or .gguf file (default: %(default)s)")
@@ -62,6 +68,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="windows per forward pass (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16/fp16 on GPU, fp32 on CPU)")
+
+
+def _baseline_options(parser: argparse.ArgumentParser) -> None:
+    """The baselines' constants, and where ATP's step is chosen."""
     parser.add_argument("--owl-m", type=float, default=OWL_M, help="OWL outlier threshold M (default: %(default)s)")
     parser.add_argument("--owl-lambda", type=float, default=OWL_LAMBDA, help="OWL ratio spread lambda (default: %(default)s)")
     parser.add_argument("--alpha-eps", type=float, default=None,
@@ -79,7 +89,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "to choose (default: wiki/validation)")
     parser.add_argument("--atp-windows", type=int, default=None,
                         help="windows of --atp-text each grid value is measured on (default: --eval-windows; "
-                             "16 chose better than 4 on calib-next, BENCHMARKS.md section 8)")
+                             "16 chose better than 4 on calib-next)")
 
 
 def _session(args) -> EvaluationSession:
@@ -100,94 +110,31 @@ def _atp_windows(args) -> int:
     return args.eval_windows if args.atp_windows is None else args.atp_windows
 
 
-def _grid_perplexities(args, session: EvaluationSession, label: str) -> tuple[dict[str, float], dict[str, list]]:
-    """What one grid point gives: the choosing texts on --atp-windows (each window's log-perplexity
-    too, for --tune-z's paired test), then the reported texts on --eval-windows, so a report shows
-    what every constant of the grid gives on test text too (one prune each). A choosing text keeps
-    its --atp-windows value when it is also reported."""
-    choosing = _choosing_texts(args)
-    losses = session.window_log_perplexities(choosing, _atp_windows(args), label)
-    ppl = perplexities_of(losses)
-    choice_score(ppl, choosing)
-    others = [text for text in args.eval if text not in choosing]
-    return ppl | session.perplexities(others, args.eval_windows, label), losses
+def _measurer(args, nm) -> SessionMeasurer:
+    """The model, the final pruner and the baselines' constants the user chose."""
+    return SessionMeasurer(_session(args), args.pruner, nm, args.wanda_form, _options(args))
 
 
-def _choosing_texts(args) -> list[str]:
-    return list(dict.fromkeys(args.atp_text))
+def _choosing(args) -> Choosing:
+    """Where ATP's step and --tune-spread's constant are chosen: --atp-text on --atp-windows; every
+    grid point also measured on the --eval texts, so a report shows what each constant gives there."""
+    return Choosing(tuple(args.atp_text), _atp_windows(args), tuple(args.eval), args.eval_windows)
 
 
-def _chosen_on(args) -> str:
-    """The grid rows' key the choice is made by (one text, or several joined by " + ")."""
-    return " + ".join(_choosing_texts(args))
+def _print_atp(sparsity: float, choice: dict) -> None:
+    if "grid" in choice:  # chosen, not the user's --atp-step
+        steps = ", ".join(f"{row['step']:.4f}" for row in choice["grid"])
+        print(f"ATP at {sparsity:g}: step {choice['step']:.5f} chosen on {choice['chosen_on']} (grid {steps})",
+              file=sys.stderr)
 
 
-def _choose_atp(args, session: EvaluationSession, sparsity: float, nm) -> tuple[BaselineOptions, dict]:
-    """ATP's common difference: the user's, or the grid point with the lowest perplexity on the
-    --atp-text text(s) after pruning with the final pruner."""
-    options = _options(args)
-    if args.atp_step is not None:
-        return options, {"step": args.atp_step, "chosen_by": "--atp-step"}
-    grid = []
-    for lam, step in atp_grid(session.n_blocks, sparsity, ATP_LAMBDAS):
-        ratios, _ = baseline_ratios("atp", session.bench, sparsity, dataclasses.replace(options, atp_step=step))
-        session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl, losses = _grid_perplexities(args, session, f"atp step {step:.4g}")
-        grid.append({"lambda": lam, "step": step, **ppl, "window_log_ppl": losses})
-    chosen = min(grid, key=lambda row: row[_chosen_on(args)])
-    steps = ", ".join(f"{row['step']:.4f}" for row in grid)
-    print(f"ATP at {sparsity:g}: step {chosen['step']:.5f} chosen on {_chosen_on(args)} (grid {steps})", file=sys.stderr)
-    return dataclasses.replace(options, atp_step=chosen["step"]), {"step": chosen["step"], "grid": grid,
-                                                                      "chosen_on": _chosen_on(args),
-                                                                      "windows": _atp_windows(args)}
-
-
-def _tune_spread(args, session: EvaluationSession, function: dict, nm) -> tuple[dict, dict]:
-    """The function with its map constant chosen like ATP's difference: each value of the grid
-    (ATP's lambdas for a lambda map, the eps grid for AlphaPruning's) pruned with the final pruner,
-    the lowest perplexity on --atp-text kept; with --tune-z, only if it beats the file's own
-    constant by that many standard errors over the windows (dsa/functions/amplitude.py). The shape
-    stays the function's; the model sets the amplitude."""
-    kind, own = map_of(function)
-    values = amplitude_grid(function)
-    if args.tune_z and own not in values:  # the reference is measured too
-        values = sorted({*values, own})
-    grid, scored, losses = [], [], []
-    for value in values:
-        tuned = with_map_constant(function, value)
-        try:
-            ratios, _ = function_ratios(tuned, session.block_matrices, session.n_blocks, session.sizes, args.sparsity)
-        except ValueError as err:  # ratios outside [0, 1) at this amplitude: not a candidate
-            grid.append({"value": value, "invalid": str(err)})
-            continue
-        session.prune(ratios, args.pruner, nm, args.wanda_form)
-        ppl, window_losses = _grid_perplexities(args, session, f"{kind} {value:g}")
-        grid.append({"value": value, **ppl, "window_log_ppl": window_losses})
-        scored.append(value)
-        losses.append(window_losses)
-    if not scored:
-        raise UserError(f"no constant of the grid gives valid ratios at sparsity {args.sparsity:g}")
-    key = _chosen_on(args)
-    chosen, how = choose_amplitude(scored, losses, _choosing_texts(args), own if own in scored else None, args.tune_z)
-    rows = [row for row in grid if "invalid" not in row]
-    print(f"--tune-spread: {kind} map constant {scored[chosen]:g} chosen on {key} (the file's: {own:g}; "
-          + ", ".join(f"{row['value']:g} {row[key]:.2f}" for row in rows) + ")"
-          + (f"; lowest {how['lowest']:g} vs the file's: z = {how['z']:.2f}" if "z" in how else ""), file=sys.stderr)
-    return with_map_constant(function, scored[chosen]), {"file_constant": own, "chosen": scored[chosen],
-                                                         "chosen_on": key, "windows": _atp_windows(args),
-                                                         "grid": grid, **how}
-
-
-def _ratios(args, session: EvaluationSession, function, nm):
-    """(ratios, per-block metric, options used) of the chosen function or baseline."""
-    if function is not None:
-        return (*function_ratios(function, session.block_matrices, session.n_blocks, session.sizes, args.sparsity),
-                vars(_options(args)))
-    options, atp = _options(args), None
-    if args.allocation == "atp":
-        options, atp = _choose_atp(args, session, args.sparsity, nm)
-    ratios, metric = baseline_ratios(args.allocation, session.bench, args.sparsity, options)
-    return ratios, metric, vars(options) | ({"atp": atp} if atp else {})
+def _print_tuning(function: dict, tuning: dict) -> None:
+    key = tuning["chosen_on"]
+    print(f"--tune-spread: {map_of(function)[0]} map constant {tuning['chosen']:g} chosen on {key} "
+          f"(the file's: {tuning['file_constant']:g}; "
+          + ", ".join(f"{row['value']:g} {row[key]:.2f}" for row in tuning["grid"]) + ")"
+          + (f"; lowest {tuning['lowest']:g} vs the file's: z = {tuning['z']:.2f}" if "z" in tuning else ""),
+          file=sys.stderr)
 
 
 def _check_options(args) -> None:
@@ -237,16 +184,6 @@ def _check_before_loading(args):
     return function, ZeroShot(args.eval_zero_shot, args.tasks_dir or (), args.zero_shot_limit, args.batch_size)
 
 
-def _prune_and_measure(session: EvaluationSession, args, ratios, nm, label: str, zero_shot) -> dict:
-    achieved = session.prune(ratios, args.pruner, nm, args.wanda_form)
-    result = {"ratios": ratios, "achieved_sparsity": achieved,
-              "ppl": session.perplexities(args.eval, args.eval_windows, label)}
-    if zero_shot is not None:
-        loaded = session.bench.loaded
-        result["zero_shot"] = zero_shot.evaluate(loaded.model, loaded.tokenizer)
-    return result
-
-
 def _zero_shot_lines(results: dict[str, dict], label: str) -> list[str]:
     lines = []
     for task, metrics in results[label].items():
@@ -257,78 +194,68 @@ def _zero_shot_lines(results: dict[str, dict], label: str) -> list[str]:
     return lines
 
 
-def _finetune(args, session: EvaluationSession, label: str) -> dict:
+def _finetune(args, measurer: SessionMeasurer, label: str) -> dict:
     """LoRA on the pruned model in place (merged, zeros re-applied), then the same texts again."""
-    from evaluators.lora import finetune_lora
-
-    loaded = session.bench.loaded
-    zeros_before = sum(int((layer.weight == 0).sum()) for b in loaded.blocks for layer in b.linears.values())
-    windows = session.bench.windows(args.lora_text, args.lora_windows)
     directory = args.lora_checkpoint or (Path("checkpoints") / f"lora-{Path(args.model).name}-{label}-{args.sparsity:g}")
-    stats = finetune_lora(loaded.model, windows, args.finetune_lora, rank=args.lora_rank, lr=args.lora_lr,
-                          batch_size=args.lora_batch_size, checkpoint_dir=directory)
-    session.bench.pruner.mark_modified()  # weights changed outside the pruner
-    zeros_after = sum(int((layer.weight == 0).sum()) for b in loaded.blocks for layer in b.linears.values())
-    if zeros_after < zeros_before:
-        raise RuntimeError(f"LoRA lost zeros: {zeros_before} before, {zeros_after} after")
-    ppl = session.perplexities(args.eval, args.eval_windows, f"{label}+lora")
+    lora = one_model.finetune(measurer, args.finetune_lora, args.lora_text, args.lora_windows, args.lora_rank,
+                              args.lora_lr, args.lora_batch_size, directory, args.eval, args.eval_windows, label)
     for text in args.eval:
-        print(f"{text}: after LoRA ({stats['steps']} steps on {args.lora_text}) {ppl[text]:.3f}")
-    return {"ppl": ppl, "zeros_before": zeros_before, "zeros_after": zeros_after, "text": args.lora_text,
-            "windows": args.lora_windows, "checkpoint_dir": str(directory),
-            **{k: stats[k] for k in ("steps", "resumed_from", "losses", "seconds_per_step", "trainable_params",
-                                     "delta_removed_fraction")}}
+        print(f"{text}: after LoRA ({lora['steps']} steps on {args.lora_text}) {lora['ppl'][text]:.3f}")
+    return lora
 
 
 def run(args) -> dict:
     nm = parse_structure(args.structure)
     function, zero_shot = _check_before_loading(args)
     start = time.perf_counter()
-    session = _session(args)
-    bench = session.bench
-    dense = session.perplexities(args.eval, args.eval_windows, "dense")  # before any pruning, tuning's too
-    tuning = None
-    if args.tune_spread:
-        function, tuning = _tune_spread(args, session, function, nm)
-    ratios, metric, options = _ratios(args, session, function, nm)
-    label = "function" if function is not None else args.allocation
-    uniform = None
-    if function is not None and not args.no_uniform:
-        if nm:
-            print(f"note: {args.structure} prunes every block {args.structure} whatever the ratios; "
-                  "no uniform comparison", file=sys.stderr)
-        else:
-            uniform_ratios, _ = baseline_ratios("uniform", bench, args.sparsity, _options(args))
-            uniform = _prune_and_measure(session, args, uniform_ratios, nm, "uniform", zero_shot)
-    result = _prune_and_measure(session, args, ratios, nm, label, zero_shot)  # the model stays in this state
-    lora = _finetune(args, session, label) if args.finetune_lora else None
-    report = {
-        "model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
-        "structure": args.structure or "unstructured", "allocation": label, "function": function,
-        "options": options, "tune_spread": tuning, "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
-        "ratios": ratios, "block_metric": metric, "dense_ppl": dense, "ppl": result["ppl"],
-        "uniform_ppl": uniform["ppl"] if uniform else None,
-        "uniform": {k: uniform[k] for k in ("achieved_sparsity", "ratios")} if uniform else None,
-        "zero_shot": result.get("zero_shot"),
-        "uniform_zero_shot": uniform.get("zero_shot") if uniform else None,
-        "lora": lora,
-        "config": bench.config.as_dict() | {"eval_windows": args.eval_windows},
-    }
+    measurer = _measurer(args, nm)
+    if function is not None and not args.no_uniform and nm:
+        print(f"note: {args.structure} prunes every block {args.structure} whatever the ratios; "
+              "no uniform comparison", file=sys.stderr)
+    result = one_model.evaluate(measurer, args.sparsity, args.eval, args.eval_windows, _choosing(args),
+                                function=function, method=args.allocation, atp_step=args.atp_step,
+                                tune_spread=args.tune_spread, tune_z=args.tune_z,
+                                uniform=function is not None and not args.no_uniform and not nm, zero_shot=zero_shot)
+    if "atp" in result["options"]:
+        _print_atp(args.sparsity, result["options"]["atp"])
+    if result["tune_spread"]:
+        _print_tuning(result["function"], result["tune_spread"])
+    lora = _finetune(args, measurer, result["allocation"]) if args.finetune_lora else None
+    bench = measurer.session.bench
+    report = {"model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
+              "structure": args.structure or "unstructured", **result, "lora": lora,
+              "config": bench.config.as_dict() | {"eval_windows": args.eval_windows}}
+    _print_result(args, report)
+    _write_outputs(args, report, bench, nm)
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2))
+        print(f"report written to {args.json}")
+    return report
+
+
+def _print_result(args, report: dict) -> None:
+    label, uniform = report["allocation"], report["uniform_ppl"]
     for text in args.eval:
-        versus = f"  uniform@{args.sparsity:g} {uniform['ppl'][text]:.3f}" if uniform else ""
-        print(f"{text}: dense {dense[text]:.3f}{versus}  {label}@{args.sparsity:g} {result['ppl'][text]:.3f}")
-    if zero_shot is not None:
-        runs = ({"uniform": uniform["zero_shot"]} if uniform else {}) | {label: result["zero_shot"]}
+        versus = f"  uniform@{args.sparsity:g} {uniform[text]:.3f}" if uniform else ""
+        print(f"{text}: dense {report['dense_ppl'][text]:.3f}{versus}  {label}@{args.sparsity:g} {report['ppl'][text]:.3f}")
+    if report["zero_shot"] is not None:
+        runs = ({"uniform": report["uniform_zero_shot"]} if uniform else {}) | {label: report["zero_shot"]}
         print("\n".join(_zero_shot_lines(runs, label)))
-    print(f"achieved sparsity {result['achieved_sparsity']:.5f} (target {args.sparsity})")
+    print(f"achieved sparsity {report['achieved_sparsity']:.5f} (target {args.sparsity})")
+
+
+def _write_outputs(args, report: dict, bench, nm) -> None:
+    """The pruned model (--save) and the llm-compressor recipe (--export-llmcompressor)."""
+    label, ratios = report["allocation"], report["ratios"]
     block_names = [block.name for block in bench.blocks]
     if args.save:
         info = {"format": "dsa-pruned", "version": 1, "source_model": args.model, "allocation": label,
-                "function": function, "sparsity": args.sparsity, "achieved_sparsity": result["achieved_sparsity"],
-                "ratios": ratios, "block_names": block_names, "pruner": args.pruner, "wanda_form": args.wanda_form,
-                "structure": args.structure or "unstructured",
+                "function": report["function"], "sparsity": args.sparsity,
+                "achieved_sparsity": report["achieved_sparsity"], "ratios": ratios, "block_names": block_names,
+                "pruner": args.pruner, "wanda_form": args.wanda_form, "structure": args.structure or "unstructured",
                 "data": {k: bench.config.as_dict()[k] for k in ("calib_text", "calib_windows", "seqlen")},
-                "ppl": result["ppl"], "eval_windows": args.eval_windows}
+                "ppl": report["ppl"], "eval_windows": args.eval_windows}
         report["saved_to"] = str(save_pruned(bench.loaded, args.save, info))
         print(f"pruned model saved to {args.save} (AutoModelForCausalLM.from_pretrained loads it)")
     if args.export_llmcompressor:
@@ -338,36 +265,36 @@ def run(args) -> dict:
                   "one sparsity per decoder block, in model order (llm-compressor's oneshot(model, recipe=...))"]
         report["llmcompressor_recipe"] = str(write_recipe(args.export_llmcompressor, recipe, header))
         print(f"llm-compressor recipe written to {args.export_llmcompressor}")
-    report["wall_s"] = round(time.perf_counter() - start, 1)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2))
-        print(f"report written to {args.json}")
-    return report
 
 
 def compare(args) -> None:
     nm = parse_structure(args.structure)
     _check_options(args)
     out = Path(args.out or f"results/compare-{Path(args.model).name}-{args.pruner}")
-    check_output_dir(out, "--out")
-    session = _session(args)
-    dense = session.perplexities(args.eval, args.eval_windows, "dense")
+    check_new_output_dir(out, "--out", "it holds an earlier table: choose a new --out")
+    measurer = _measurer(args, nm)
+    dense = measurer.dense(measurer.model, args.eval, args.eval_windows)
     rows, allocations, atp_choices = [], {}, {}
-    for sparsity in args.sparsity:
-        for method in args.allocations:
-            options = _options(args)
-            if method == "atp":
-                options, atp_choices[f"{sparsity:g}"] = _choose_atp(args, session, sparsity, nm)
-            ratios, _ = baseline_ratios(method, session.bench, sparsity, options)
-            achieved = session.prune(ratios, args.pruner, nm, args.wanda_form)
-            ppl = session.perplexities(args.eval, args.eval_windows, f"{method}@{sparsity:g}")
-            rows.append({"method": method, "sparsity": sparsity, "achieved": achieved, **ppl})
-            allocations[(method, sparsity)] = ratios
-            print(f"{method:>12} @ {sparsity:g}: " + "  ".join(f"{t} {v:.3f}" for t, v in ppl.items()), flush=True)
-    session.restore()
+    for row, ratios, atp in one_model.compare(measurer, args.sparsity, args.allocations, args.eval,
+                                              args.eval_windows, _choosing(args), args.atp_step):
+        method, sparsity = row["method"], row["sparsity"]
+        if atp is not None:
+            _print_atp(sparsity, atp)
+            atp_choices[f"{sparsity:g}"] = atp
+        rows.append(row)
+        allocations[(method, sparsity)] = ratios
+        print(f"{method:>12} @ {sparsity:g}: " + "  ".join(f"{t} {row[t]:.3f}" for t in dict.fromkeys(args.eval)),
+              flush=True)
     table = write_comparison(out, args.model, args.pruner, dense, rows, allocations, atp_choices)
     print(table)
     print(f"written to {out}/ (table.md, table.csv, ratios.png{', atp.json' if atp_choices else ''})")
+
+
+def list_functions(args) -> None:
+    """The function library, one line each: what a name given to --function or show stands for."""
+    for name in library.names():
+        document = load_function(name)
+        print(library.summary_line(name, document, str(importance_expr(document))))
 
 
 def show(args) -> None:
@@ -382,9 +309,8 @@ def show(args) -> None:
         print(f"\n{args.model} at {args.sparsity:g}:\nblock  importance  ratio")
         for index, (value, ratio) in enumerate(zip(values, ratios)):
             print(f"{index:5d}  {value:10.4g}  {ratio:.4f}")
-        with guards.perturbed():  # the same function with every guard constant moved
-            moved, _ = function_ratios(function, session.block_matrices, session.n_blocks, session.sizes,
-                                       args.sparsity)
+        moved, _ = function_ratios(function, session.block_matrices, session.n_blocks, session.sizes,
+                                   args.sparsity, guards.MOVED_GUARDS)  # the same function, every guard moved
         shift = guards.guard_shift(ratios, moved)
         verdict = ("reads a guard (search.py --guard-check rejects it)" if shift > guards.GUARD_TOLERANCE
                    else "reads no guard")
@@ -394,6 +320,8 @@ def show(args) -> None:
 
 def diff(args) -> bool:
     """Same formula (sympy)? With --model: same ratios on that model? True when both hold."""
+    if not 0 <= args.tolerance < math.inf:  # nan would call a file different from itself
+        raise UserError(f"--tolerance {args.tolerance} must be a finite number >= 0")
     first, second = load_function(args.a), load_function(args.b)
     for tag, function in (("A", first), ("B", second)):
         kind, value = map_of(function)
@@ -416,6 +344,12 @@ def diff(args) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
+    for add in (_run_parser, _compare_parser, _show_parser, _diff_parser, _list_parser):
+        add(sub)
+    return parser
+
+
+def _run_parser(sub) -> None:
     prune = sub.add_parser("run", help="prune with one allocation and evaluate (the default command)")
     _common(prune)
     chosen = prune.add_mutually_exclusive_group()
@@ -431,16 +365,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --tune-spread: keep the file's own constant unless the grid's lowest beats it by "
                             "more than Z standard errors of the paired per-window difference on --atp-text (needs "
                             "--atp-windows >= 2); with 2 the choice was the test text's best on 8 of 10 grids measured, within 2 %% on "
-                            "the others (BENCHMARKS.md section 8) (default: 0: the lowest)")
+                            "the others (default: 0: the lowest)")
     prune.add_argument("--no-uniform", action="store_true",
                        help="with --function: skip pruning with uniform ratios for comparison")
     prune.add_argument("--save", default=None, metavar="DIR",
                        help="save the pruned model (safetensors), its tokenizer and dsa.json here")
     prune.add_argument("--export-llmcompressor", default=None, metavar="FILE",
                        help="write an llm-compressor recipe (YAML, or JSON for *.json) with one sparsity per block")
+    _zero_shot_options(prune)
+    _lora_options(prune)
+
+
+def _zero_shot_options(prune) -> None:
     prune.add_argument("--eval-zero-shot", nargs="+", default=None, metavar="TASKS",
                        help="lm-eval tasks (names or comma lists; 'standard' = boolq rte hellaswag winogrande "
                             "arc_easy arc_challenge openbookqa) for zero-shot accuracy")
+    prune.add_argument("--tasks-dir", action="append", default=None, metavar="DIR",
+                       help="a directory of local lm-eval task YAMLs (repeatable)")
+    prune.add_argument("--zero-shot-limit", type=int, default=None, metavar="N",
+                       help="evaluate only the first N documents of each task (quick checks)")
+
+
+def _lora_options(prune) -> None:
     prune.add_argument("--finetune-lora", type=int, default=0, metavar="STEPS",
                        help="after pruning, train LoRA adapters for STEPS steps on --lora-text (pruned weights "
                             "frozen), merge them and re-apply the zeros; checkpointed, an interrupted run resumes")
@@ -451,20 +397,30 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--lora-batch-size", type=int, default=2, help="(default: %(default)s)")
     prune.add_argument("--lora-checkpoint", default=None, metavar="DIR",
                        help="fine-tuning checkpoints (default: checkpoints/lora-MODEL-ALLOCATION-SPARSITY)")
-    prune.add_argument("--tasks-dir", action="append", default=None, metavar="DIR",
-                       help="a directory of local lm-eval task YAMLs (repeatable)")
-    prune.add_argument("--zero-shot-limit", type=int, default=None, metavar="N",
-                       help="evaluate only the first N documents of each task (quick checks)")
+
+
+def _compare_parser(sub) -> None:
     table = sub.add_parser("compare", help="table of allocations x sparsities (markdown, CSV, ratio plot)")
     _common(table)
     table.add_argument("--sparsity", type=_sparsity, nargs="+", default=[0.5, 0.6, 0.7])
     table.add_argument("--allocations", nargs="+", choices=METHODS, default=list(METHODS))
     table.add_argument("--out", default=None, help="output directory (default: results/compare-MODEL-PRUNER)")
+
+
+def _show_parser(sub) -> None:
     inspect = sub.add_parser("show", help="a function file's formula; with --model, its per-block values and ratios, and whether they move when the ops' guards move")
     inspect.add_argument("file")
     _common(inspect)
     inspect.set_defaults(model=None)
     inspect.add_argument("--sparsity", type=_sparsity, default=0.7, help="(default: %(default)s)")
+
+
+def _list_parser(sub) -> None:
+    sub.add_parser("list", help="the named functions shipped with dsa (give a name to --function or show), "
+                                "with where they were found and their held-out results")
+
+
+def _diff_parser(sub) -> None:
     differ = sub.add_parser("diff", help="are two function files the same formula, and (with --model) the same ratios?")
     differ.add_argument("a")
     differ.add_argument("b")
@@ -473,18 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     differ.add_argument("--sparsity", type=_sparsity, default=0.7, help="(default: %(default)s)")
     differ.add_argument("--tolerance", type=float, default=1e-6,
                         help="largest ratio difference that counts as the same (default: %(default)s)")
-    return parser
 
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "compare", "show", "diff", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "compare", "show", "diff", "list", "-h", "--help"):
         argv.insert(0, "run")  # `apply.py --model ...` means `apply.py run --model ...`
     args = build_parser().parse_args(argv)
     if args.command == "diff":
         sys.exit(0 if diff(args) else 1)  # as diff(1): 0 the same, 1 different, 2 an error
-    {"run": run, "compare": compare, "show": show}[args.command](args)
+    {"run": run, "compare": compare, "show": show, "list": list_functions}[args.command](args)
 
 
 if __name__ == "__main__":

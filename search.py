@@ -7,9 +7,11 @@
 
 Fitness is perplexity on validation windows (pruned with the search's cached Wanda form). The
 report (results/<name>/) prunes the best allocation and the baselines (uniform, OWL, AlphaPruning,
-DSA's published function, DLP, ATP with its step chosen on validation) with the final pruner
-(sequential Wanda by default) and measures them on the test texts, on every training model and on
-the --holdout models, which the search never reads.
+DSA's published function, DLP, ATP) with the final pruner (sequential Wanda by default) and
+measures them on the test texts, on every training model and on the --holdout models, which the
+search never reads. ATP's lambda is chosen as `apply.py compare` chooses it: the lowest validation
+perplexity with the final pruner (on the report's windows), recorded with its grid; a held-out
+model takes the lambda the training models' grids agree on best.
 """
 from __future__ import annotations
 
@@ -78,10 +80,22 @@ def _count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = SearchConfig()
-    b = BenchConfig()
-    r = RunConfig()
     g = p.add_argument_group("model and data")
+    _models(g)
+    _holdout(g)
+    _data(g)
+    _fitness(p.add_argument_group("fitness (selection) and report"))
+    e = p.add_argument_group("evolution")
+    _evolution(e)
+    _search_modes(e)
+    _workers(p.add_argument_group("workers (Ray)", "Candidates are evaluated by Ray actors that each hold the model; only ratio\n"
+                                  "vectors and numbers travel. A dead worker is restarted and its candidates re-run."))
+    _output(p.add_argument_group("output"))
+    return p
+
+
+def _models(g) -> None:
+    b, d = BenchConfig(), SearchConfig()
     g.add_argument("--model", default=b.model, help="built-in alias, hub id, HF directory or .gguf (default: %(default)s)")
     g.add_argument("--metric", choices=("wanda", "magnitude"), default=b.metric,
                    help="element-wise pruning score used to prune and as the search's operand (default: %(default)s)")
@@ -91,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "features, ratios and validation windows) by the mean of log(ppl / ppl of uniform)")
     g.add_argument("--sparsities", nargs="+", type=_fraction, default=None, metavar="S",
                    help="average the score over these sparsities the same way (default: --sparsity alone)")
+
+
+def _holdout(g) -> None:
+    r = RunConfig()
     g.add_argument("--holdout", nargs="+", default=[], metavar="MODEL",
                    help="models the search never sees: the best function and the baselines are replayed on "
                         "them after the search, with the final pruner (transfer table in the report)")
@@ -107,15 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the training models' constant (the function's own; ATP's training lambda) unless the "
                         "grid's lowest beats it by more than Z standard errors of the paired per-window difference "
                         "on the --holdout-tune texts; with 2 the choice was the test text's best on 8 of 10 grids measured "
-                        f"(BENCHMARKS.md section 8; written after the one miss it fixes) (may be given with --resume) (default: {r.holdout_tune_z:g}: the "
+                        f"(written after the one miss it fixes) (may be given with --resume) (default: {r.holdout_tune_z:g}: the "
                         "lowest)")
+
+
+def _data(g) -> None:
+    b = BenchConfig()
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")
     g.add_argument("--seqlen", type=_positive, default=b.seqlen, help="tokens per window (default: %(default)s)")
     g.add_argument("--batch-size", type=_positive, default=b.batch_size, help="windows per forward (default: %(default)s)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16/fp16 on GPU, fp32 on CPU)")
-    f = p.add_argument_group("fitness (selection) and report")
+
+
+def _fitness(f) -> None:
+    d, r = SearchConfig(), RunConfig()
     f.add_argument("--fitness-text", default=r.fitness_text, help="validation text for selection (default: %(default)s)")
     f.add_argument("--fitness-windows", type=_positive, default=d.fitness_windows,
                    help="validation windows of a full evaluation (default: %(default)s)")
@@ -128,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     f.add_argument("--objective", choices=OBJECTIVES, default=r.objective,
                    help="ppl, or kl: KL divergence to the dense model's predictions (default: %(default)s)")
+    _report(f)
+
+
+def _report(f) -> None:
+    r = RunConfig()
     f.add_argument("--report-texts", nargs="+", default=list(r.report_texts), help="test texts (default: %(default)s)")
     f.add_argument("--report-windows", type=_positive, default=r.report_windows, help="(default: %(default)s)")
     f.add_argument("--final-pruner", choices=("wanda", "sparsegpt", "alps"), default=r.final_pruner,
@@ -143,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the training models' validation text and report the best of them, where the search's "
                         "cached form ties candidates; costs K final-pruner runs per training model, one more for uniform "
                         "with several models (0: report the search's own best; with --resume it may be changed) (default: %d)" % r.final_select)
-    e = p.add_argument_group("evolution")
+
+
+def _evolution(e) -> None:
+    d = SearchConfig()
     e.add_argument("--generations", type=_positive, default=None,
                    help=f"(default: {d.generations}; with --resume: extend the run to this many)")
     e.add_argument("--population", type=_positive, default=d.population, help="parents kept (mu) (default: %(default)s)")
@@ -156,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: %(default)s)")
     e.add_argument("--arithmetic", action="store_true", help="allow reductions joined by + - * / (beyond DSA)")
     e.add_argument("--random-search", action="store_true", help="random functions instead of evolution, same budget")
+
+
+def _search_modes(e) -> None:
+    d = SearchConfig()
     e.add_argument("--operands", nargs="+", choices=OPERANDS, default=None, metavar="NAME",
                    help=f"the operands functions may read, of {', '.join(OPERANDS)} (default: all); "
                         "`--operands depth` searches functions of block depth alone, whose ratios follow the "
@@ -173,21 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-block: ratio change of one level switch (default: %(default)s)")
     e.add_argument("--max-switches", type=_positive, default=d.max_switches,
                    help="per-block: at most this many level switches per child (default: %(default)s)")
-    w = p.add_argument_group("workers (Ray)", "Candidates are evaluated by Ray actors that each hold the model; only ratio\n"
-                              "vectors and numbers travel. A dead worker is restarted and its candidates re-run.")
+
+
+def _workers(w) -> None:
     w.add_argument("--workers", type=_count, default=None, metavar="N",
                    help="evaluation workers: N actors, or 0 to evaluate in this process without Ray "
                         "(default: one per GPU, else one actor using all CPU cores)")
     w.add_argument("--address", default=None, metavar="ADDR",
                    help="join a running Ray cluster: 'auto' (this machine's `ray start` cluster) or HOST:PORT of "
                         "its head; default: start an embedded local Ray for this run")
-    o = p.add_argument_group("output")
+
+
+def _output(o) -> None:
+    r = RunConfig()
     o.add_argument("--name", type=_name, default=None, help="run name (default: a timestamp)")
     o.add_argument("--results-dir", default=r.results_dir, help="(default: %(default)s)")
     o.add_argument("--checkpoint-dir", default=r.checkpoint_dir, help="(default: %(default)s)")
     o.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run checkpointed in DIR (its saved settings apply; --generations may extend it)")
-    return p
 
 
 def config_from_args(args) -> RunConfig:
@@ -234,6 +274,7 @@ def config_from_args(args) -> RunConfig:
 def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, SearchState]:
     try:
         document = checkpoint.load(directory)
+        checkpoint.check_document(document, run=RunConfig(), state=SearchState())
         config = RunConfig.from_dict(document["run"])
         state = SearchState(**document["state"])
         check_state(state, config.search)
@@ -268,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resuming {config.name} at generation {state.generation} of {config.search.generations}")
     else:
         config, state = config_from_args(args), None
+        checkpoint.check_new_run(config.name, config.checkpoint_dir, config.results_dir)
     if config.final_select == 1:
         raise UserError("--final-select compares K >= 2 allocations (0: report the search's own best)")
     if config.final_select and config.search.mode == "per-block":

@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsa.functions.replay import function_ratios, load_function  # noqa: E402
-from evaluators.alps import alps_prune  # noqa: E402
+from evaluators.pruners.alps import alps_prune  # noqa: E402
 from evaluators.capture import InputStats, StopForward, raise_stop  # noqa: E402
-from evaluators.sequential import sparsegpt_prune, wanda_prune_rows  # noqa: E402
+from evaluators.pruners.sparsegpt import sparsegpt_prune  # noqa: E402
+from evaluators.pruners.wanda import wanda_prune_rows  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig  # noqa: E402
 

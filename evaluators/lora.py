@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,10 +40,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from dsa.core.errors import UserError
+from dsa.core.storage import atomic_write
+
 from .models import find_blocks
 
 CHECKPOINT_NAME = "lora_checkpoint.safetensors"
 FORMAT_VERSION = 1
+
+
+class LoraError(UserError, ValueError):
+    """Arguments that cannot train, or a checkpoint of another run (or damaged): one line to a user."""
 
 
 def target_modules(model: torch.nn.Module, target: Iterable[str] | None = None) -> list[str]:
@@ -80,90 +87,113 @@ def finetune_lora(model: torch.nn.Module, windows: torch.Tensor, steps: int, *, 
     on_step(step, loss): called after every step (1-based); raising from it interrupts the run
         (the model is then left unmerged and as it was, the last checkpoint kept).
 
-    Returns {"steps", "resumed_from", "losses", "seconds_per_step", "trainable_params",
-    "modules", "delta_removed_fraction", "remasked"}; losses and seconds cover every step, those before a
-    resume included (read back from the checkpoint).
+    Returns {"steps", "resumed_from", "losses", "seconds_per_step", "trainable_params", "modules",
+    "delta_removed_fraction", "remasked"}; losses and seconds cover every step, a resumed run's
+    earlier ones too. Bad arguments or a checkpoint of another run: LoraError (one line to users).
     """
-    from peft import LoraConfig, get_peft_model
-
-    if steps < 0 or batch_size < 1 or checkpoint_every < 1:
-        raise ValueError("need steps >= 0, batch_size >= 1 and checkpoint_every >= 1")
-    if windows.dim() != 2 or len(windows) == 0:
-        raise ValueError("windows must be a non-empty [count, seqlen] tensor of token ids")
+    if steps < 0 or batch_size < 1 or checkpoint_every < 1 or windows.dim() != 2 or len(windows) == 0:
+        raise LoraError("need steps >= 0, batch_size >= 1, checkpoint_every >= 1 and windows a non-empty "
+                        "[count, seqlen] tensor of token ids")
     modules = target_modules(model, target)
     layers = {name: model.get_submodule(name) for name in modules}
     nonzeros = {name: int(layer.weight.count_nonzero()) for name, layer in layers.items()}
-    settings = {
-        "version": FORMAT_VERSION, "rank": rank, "alpha": alpha, "lr": lr, "batch_size": batch_size,
-        "dropout": dropout, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "seed": seed,
-        "modules": _digest("\n".join(modules).encode()), "windows": _windows_digest(windows),
-        "model": _model_digest(layers),
-    }
+    settings = {"version": FORMAT_VERSION, "rank": rank, "alpha": alpha, "lr": lr, "batch_size": batch_size,
+                "dropout": dropout, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "seed": seed,
+                **_identity(modules, windows, layers)}
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    saved = _read_checkpoint(path, settings) if path is not None and path.exists() else None
-    start = saved["step"] if saved else 0
-    if start > steps:
-        raise ValueError(f"{path} is at step {start}, beyond the {steps} steps asked for")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-
+    saved = _saved_run(path, settings, steps)
     device = next(model.parameters()).device
     was_training = model.training
-    rng_devices = [device] if device.type == "cuda" else []
-    losses = list(saved["losses"]) if saved else []
-    seconds = list(saved["seconds"]) if saved else []
-    bar = None
-    with torch.random.fork_rng(devices=rng_devices):  # the caller's RNG streams stay untouched
+    run = _Run(path, settings, steps, checkpoint_every, [device] if device.type == "cuda" else [], saved)
+    with torch.random.fork_rng(devices=run.rng_devices):  # the caller's RNG streams stay untouched
         torch.random.default_generator.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.manual_seed(seed)
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules,
-                            bias="none")
-        with warnings.catch_warnings():  # PEFT asks transformers a deprecated question
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            peft_model = get_peft_model(model, config)
+        peft_model = _with_adapters(model, modules, rank, alpha, dropout)
         try:
             params = {n: p for n, p in model.named_parameters() if p.requires_grad}
             optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=weight_decay)
             if saved:
-                _restore(saved["tensors"], params, optimizer, device)
-            model.train()
-            bar = tqdm(total=steps, initial=start, desc="lora", disable=not progress, dynamic_ncols=True)
-            for step in range(start, steps):
-                began = time.perf_counter()
-                ids = windows[_batch_indices(step, batch_size, len(windows), seed)].to(device)
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
-                optimizer.step()
-                losses.append(loss.item())
-                seconds.append(time.perf_counter() - began)
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                done = step + 1
-                if path is not None and (done % checkpoint_every == 0 or done == steps):
-                    _write_checkpoint(path, params, optimizer, done, losses, seconds, settings, rng_devices)
-                if on_step is not None:
-                    on_step(done, losses[-1])
+                _restore(path, saved["tensors"], params, optimizer, device)
+            _train(model, params, optimizer, windows, batch_size, max_grad_norm, run, progress, on_step)
             del optimizer
             removed = _merge(model, modules, nonzeros, remask)
         finally:
-            if bar is not None:
-                bar.close()
             # Take the adapters off: after _merge they live in the weights; if interrupted, the
             # base weights are as they were (frozen), and the checkpoint keeps the adapters.
             peft_model.unload()
             model.train(was_training)
-    for name, layer in layers.items():
-        if model.get_submodule(name) is not layer:
-            raise RuntimeError(f"{name} was not restored to its original module")
-    return {"steps": steps, "resumed_from": start, "losses": losses, "seconds_per_step": seconds,
+    if any(model.get_submodule(name) is not layer for name, layer in layers.items()):
+        raise RuntimeError("a fine-tuned layer was not restored to its original module")
+    return {"steps": steps, "resumed_from": run.start, "losses": run.losses, "seconds_per_step": run.seconds,
             "trainable_params": sum(p.numel() for p in params.values()), "modules": len(modules),
             "delta_removed_fraction": removed, "remasked": remask}
+
+
+def _with_adapters(model, modules: list[str], rank: int, alpha: float, dropout: float):
+    """The model with fresh LoRA adapters on `modules` (drawn from the current RNG), wrapped by PEFT."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules, bias="none")
+    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
+class _Run:
+    """Where a fine-tuning run stands: its checkpoint file and settings, the steps asked for, the
+    step it starts at and the losses and step times so far (a resumed run's included)."""
+
+    def __init__(self, path: Path | None, settings: dict, steps: int, every: int, rng_devices: list,
+                 saved: dict | None):
+        self.path, self.settings, self.steps, self.every, self.rng_devices = path, settings, steps, every, rng_devices
+        self.start = saved["step"] if saved else 0
+        self.losses = list(saved["losses"]) if saved else []
+        self.seconds = list(saved["seconds"]) if saved else []
+
+    def checkpoint_due(self, done: int) -> bool:
+        return self.path is not None and (done % self.every == 0 or done == self.steps)
+
+
+def _saved_run(path: Path | None, settings: dict, steps: int) -> dict | None:
+    """The checkpoint to resume from (None: start at step 0), checked against this run."""
+    if path is None:
+        return None
+    saved = _read_checkpoint(path, settings) if path.exists() else None
+    if saved and saved["step"] > steps:
+        raise LoraError(f"{path} is at step {saved['step']}, beyond the {steps} steps asked for; ask for "
+                        f"{saved['step']} or more, or use another checkpoint directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return saved
+
+
+def _train(model, params: dict, optimizer, windows: torch.Tensor, batch_size: int, max_grad_norm: float | None,
+           run: _Run, progress: bool, on_step) -> None:
+    """The optimizer steps from `run.start` to `run.steps`, checkpointed as `run` says."""
+    device = next(model.parameters()).device
+    model.train()
+    with tqdm(total=run.steps, initial=run.start, desc="lora", disable=not progress, dynamic_ncols=True) as bar:
+        for step in range(run.start, run.steps):
+            began = time.perf_counter()
+            ids = windows[_batch_indices(step, batch_size, len(windows), run.settings["seed"])].to(device)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
+            optimizer.step()
+            run.losses.append(loss.item())
+            run.seconds.append(time.perf_counter() - began)
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.losses[-1]:.4f}")
+            done = step + 1
+            if run.checkpoint_due(done):
+                _write_checkpoint(run.path, params, optimizer, done, run.losses, run.seconds, run.settings,
+                                  run.rng_devices)
+            if on_step is not None:
+                on_step(done, run.losses[-1])
 
 
 @torch.no_grad()
@@ -206,6 +236,12 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _identity(modules: list[str], windows: torch.Tensor, layers: dict) -> dict:
+    """What a checkpoint must have been trained on to be resumed: these layers, windows, weights."""
+    return {"modules": _digest("\n".join(modules).encode()), "windows": _windows_digest(windows),
+            "model": _model_digest(layers)}
+
+
 def _windows_digest(windows: torch.Tensor) -> str:
     return f"{tuple(windows.shape)}:{_digest(windows.detach().cpu().long().contiguous().numpy().tobytes())}"
 
@@ -230,36 +266,54 @@ def _write_checkpoint(path: Path, params, optimizer, step: int, losses, seconds,
     for device in rng_devices:
         tensors["rng/cuda"] = torch.cuda.get_rng_state(device).cpu()
     meta = {"step": step, "losses": losses, "seconds": seconds, "settings": settings}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"dsa_lora": json.dumps(meta)})
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)  # only the temporary file this call created
-        raise
+    # Whole or not at all: a kill while writing leaves the previous checkpoint in place.
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"dsa_lora": json.dumps(meta)}))
 
 
 def _read_checkpoint(path: Path, settings: dict) -> dict:
-    with safe_open(str(path), framework="pt") as handle:
-        meta = (handle.metadata() or {}).get("dsa_lora")
-        if meta is None:
-            raise ValueError(f"{path} is not a LoRA checkpoint of this tool")
-        meta = json.loads(meta)
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = (handle.metadata() or {}).get("dsa_lora")
+            if meta is None:
+                raise LoraError(f"{path} is not a LoRA checkpoint of this tool; use another checkpoint directory")
+            meta = json.loads(meta)
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except LoraError:
+        raise
+    except Exception as err:  # safetensors' own error for a cut or damaged file, bad JSON
+        raise LoraError(f"{path} cannot be read ({err.__class__.__name__}: {str(err)[:80]}); remove it or use "
+                        "another checkpoint directory")
+    _check_meta(path, meta)
     differ = sorted(k for k in set(settings) | set(meta["settings"]) if settings.get(k) != meta["settings"].get(k))
     if differ:
-        raise ValueError(f"{path} holds a run with other settings ({', '.join(differ)} differ); "
-                         "use another checkpoint_dir or the same model, windows and settings")
-    if not (len(meta["losses"]) == len(meta["seconds"]) == meta["step"]):
-        raise ValueError(f"{path} is inconsistent (step {meta['step']}, {len(meta['losses'])} losses)")
+        raise LoraError(f"{path} holds a run with other settings ({', '.join(differ)} differ); "
+                        "use another checkpoint directory, or the same model, windows and settings to resume it")
     return {**meta, "tensors": tensors}
 
 
-def _restore(tensors: dict[str, torch.Tensor], params, optimizer, device) -> None:
+def _check_meta(path: Path, meta) -> None:
+    """A checkpoint's step, losses and times by type and range before they are counted or summed."""
+    def finite(values):
+        return isinstance(values, list) and all(type(v) in (int, float) and math.isfinite(v) for v in values)
+
+    if not (isinstance(meta, dict) and isinstance(meta.get("settings"), dict) and type(meta.get("step")) is int
+            and abs(meta["step"]) < 2 ** 63 and finite(meta.get("losses")) and finite(meta.get("seconds"))):
+        raise LoraError(f"{path} is not a LoRA checkpoint of this tool (its step, losses or settings are not "
+                        "what one holds); remove it or use another checkpoint directory")
+    if not (0 <= meta["step"] == len(meta["losses"]) == len(meta["seconds"])):
+        raise LoraError(f"{path} is inconsistent (step {meta['step']}, {len(meta['losses'])} losses)")
+
+
+def _restore(path: Path, tensors: dict[str, torch.Tensor], params, optimizer, device) -> None:
+    """Adapters, AdamW state and RNG as the checkpoint holds them; one that does not fit this
+    run's adapters (its settings matched, its tensors were changed) is refused in one line."""
+    try:
+        _load_tensors(tensors, params, optimizer, device)
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise LoraError(f"{path} does not fit this run ({str(err)[:80]}); remove it or use another checkpoint directory")
+
+
+def _load_tensors(tensors: dict[str, torch.Tensor], params, optimizer, device) -> None:
     with torch.no_grad():
         for name, param in params.items():
             key = f"adapter/{name}"
@@ -280,4 +334,4 @@ def _restore(tensors: dict[str, torch.Tensor], params, optimizer, device) -> Non
         torch.cuda.set_rng_state(tensors["rng/cuda"], device)
 
 
-__all__ = ["finetune_lora", "target_modules", "CHECKPOINT_NAME"]
+__all__ = ["finetune_lora", "target_modules", "CHECKPOINT_NAME", "LoraError"]

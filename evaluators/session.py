@@ -19,14 +19,11 @@ import torch.nn.functional as F
 
 from dsa.core.errors import UserError
 from .perplexity import perplexity, window_nll
-from .pruning import prune_magnitude_per_matrix, zero_fraction
-from .sequential import sequential_prune
+from .pruners import PRUNERS, WANDA_FORMS  # noqa: F401 (the CLIs' choices, importable from here)
+from .pruners import pruner_named, sequential_prune, zero_fraction
 from .workbench import BenchConfig, Workbench
 
 OBJECTIVES = ("ppl", "kl")
-# magnitude: one threshold per matrix (the reference code's); magnitude-row: per output row.
-PRUNERS = ("wanda", "sparsegpt", "alps", "magnitude", "magnitude-row")
-WANDA_FORMS = ("sequential", "cached")
 OPERANDS = ("wanda", "magnitude", "weight")  # what a block's matrices can be: scores or weights
 
 
@@ -86,26 +83,18 @@ class EvaluationSession:
         smallest weights (one threshold per matrix, as the reference code); `magnitude-row` the
         smallest of each row (from the cached per-row orders, metric magnitude).
         """
-        if pruner not in PRUNERS:
-            raise UserError(f"unknown pruner {pruner!r}: use one of {', '.join(PRUNERS)}")
-        if wanda_form not in WANDA_FORMS:
-            raise UserError(f"unknown wanda form {wanda_form!r}: use one of {', '.join(WANDA_FORMS)}")
-        if pruner == "magnitude-row" and self.bench.config.metric != "magnitude":
-            raise UserError("--pruner magnitude-row needs --metric magnitude (the score orders it prunes by)")
+        rule = pruner_named(pruner, wanda_form)  # the registry in evaluators/pruners/
+        bench = self.bench
+        if rule.metric and bench.config.metric != rule.metric:
+            raise UserError(f"--pruner {pruner} needs --metric {rule.metric} (the score orders it prunes by)")
         if len(ratios) != self.n_blocks:
             raise UserError(f"got {len(ratios)} ratios for {self.n_blocks} blocks")
-        bench = self.bench
         bench.pruner.restore()
-        if pruner in ("sparsegpt", "alps") or (pruner == "wanda" and wanda_form == "sequential"):
-            sequential_prune(bench.loaded, bench.calib, ratios, pruner, nm, bench.config.batch_size)
+        if rule.sequential:
+            sequential_prune(bench.loaded, bench.calib, ratios, rule, nm, bench.config.batch_size)
             bench.pruner.mark_modified()
-        elif pruner == "magnitude" and not nm:
-            prune_magnitude_per_matrix(bench.loaded, ratios)
-            bench.pruner.mark_modified()
-        elif nm:
-            bench.pruner.prune_n_m(*nm)
         else:
-            bench.pruner.prune(list(ratios))
+            rule.prune_model(bench.pruner, ratios, nm)
         return zero_fraction(bench.loaded)
 
     def restore(self) -> None:

@@ -17,7 +17,7 @@ from .data import BUILTIN_TEXTS, CALIB_NEXT, ONLINE_TEXTS, load_text, token_wind
 from dsa.core.errors import UserError
 from .models import default_device_dtype, load_model, resolve
 from .perplexity import perplexity, window_nll
-from .pruning import Pruner, block_sizes
+from .pruners import CachedPruner, block_sizes
 from .scores import score_matrix
 
 
@@ -104,9 +104,9 @@ class Workbench:
         self.sizes = block_sizes(self.loaded)
 
     @functools.cached_property
-    def pruner(self) -> Pruner:
+    def pruner(self) -> CachedPruner:
         orders = row_orders(self.loaded, self.norms, self.config.metric)
-        return Pruner(self.loaded, orders, self.norms, self.config.metric)
+        return CachedPruner(self.loaded, orders, self.norms, self.config.metric)
 
     @property
     def blocks(self):

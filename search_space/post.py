@@ -1,6 +1,6 @@
 """Post-processing over the whole vector of block values (1-D float64 -> same shape).
 
-sigmoid, log, tanh act element-wise (log guarded as transform.log: ln(max(|x|, TINY)));
+sigmoid, log, tanh act element-wise (log guarded as transform.log: ln(max(|x|, guards.log_floor64)));
 softmax and rank see the whole vector, so their twins are undefined functions
 `softmax(x)`, `rank(x)`.
 """

@@ -16,11 +16,12 @@ one tensor of the input's size: the output, then updated in place.
 The input itself is never modified; `noop` returns it unchanged (callers must not
 modify results in place).
 
-Guards (numerical only; the sympy twins are the plain functions):
-- log, abslog: ln(max(|x|, TINY)) with TINY the smallest normal float32 (1.18e-38):
-  exactly ln|x| for every normal float32, and 0 (or a subnormal) maps to ln(TINY) = -87.34.
+Guards (numerical only; the sympy twins are the plain functions). The ops that fall back on a
+guard constant take it as the keyword `guards` (dsa.core.guards.Guards; default: the values below):
+- log, abslog: ln(max(|x|, log_floor32)) with the floor the smallest normal float32 (1.18e-38):
+  exactly ln|x| for every normal float32, and 0 (or a subnormal) maps to ln(floor) = -87.34.
   A floor rather than an additive epsilon keeps e.g. log(exp(x)) == x down to x = -87.
-- exp: input clamped to <= EXP_MAX = 80 (e^80 = 5.5e34, finite in float32 with room
+- exp: input clamped to <= exp_max = 80 (e^80 = 5.5e34, finite in float32 with room
   left for a following op).
 - square: result clamped to the largest float32 (no overflow to inf).
 - zscore, minmax: computed on x / max|x| so huge values cannot overflow; a tensor whose
@@ -31,6 +32,7 @@ Guards (numerical only; the sympy twins are the plain functions):
 DSA's own ops, as its code defines them (lliai/DSA lib/autolayer.py), under their own names:
 - dsa_abslog (ABSLOG, l. 35-45): 0 set to 1, then ln|x|: ln|x| with 0 -> 0 (not |ln|x||).
 - dsa_log (LOG, l. 24-32): x <= 0 set to 1, then ln(x + 1e-6) (so x <= 0 -> ln(1 + 1e-6)).
+  (The 1 and the 1e-6 are guards.dsa_zero_fill and guards.dsa_log_eps, so the guard check moves them.)
 - dsa_zscore (NORMALIZE, normalize_op l. 75-89, torch branch): (x - mean) / std over the
   whole block, std unbiased (torch.std), no epsilon; NaN results -> 0 (a constant or
   one-element block gives zeros).
@@ -45,16 +47,13 @@ import sympy
 import torch
 
 from dsa.core import numerics as metrics
+from dsa.core.guards import DEFAULT_GUARDS, Guards
 from dsa.core.numerics import element_count, element_sum
 
 from .op import Op, registry
 
-TINY = torch.finfo(torch.float32).tiny
 F32_MAX = torch.finfo(torch.float32).max
-EXP_MAX = 80.0
 SPREAD_EPS = 1e-6
-DSA_LOG_EPS = 1e-6  # DSA's LOG: ln(x + 1e-6)
-DSA_ZERO_FILL = 1.0  # DSA's ABSLOG and LOG set 0 (LOG: x <= 0) to 1 before the log
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +73,8 @@ def square(x):
     return torch.square(_f32(x)).clamp_(max=F32_MAX)
 
 
-def exp(x):
-    return _f32(x).clamp(max=EXP_MAX).exp_()
+def exp(x, *, guards: Guards = DEFAULT_GUARDS):
+    return _f32(x).clamp(max=guards.exp_max).exp_()
 
 
 def sigmoid(x):
@@ -86,12 +85,12 @@ def tanh(x):
     return torch.tanh(_f32(x))
 
 
-def log(x):
-    return _f32(x).abs().clamp_min_(TINY).log_()
+def log(x, *, guards: Guards = DEFAULT_GUARDS):
+    return _f32(x).abs().clamp_min_(guards.log_floor32).log_()
 
 
-def abslog(x):
-    return log(x).abs_()
+def abslog(x, *, guards: Guards = DEFAULT_GUARDS):
+    return log(x, guards=guards).abs_()
 
 
 def _scaled(x):
@@ -138,16 +137,16 @@ def minmax(x):
 # ---------------------------------------------------------------- DSA's own ops
 
 
-def dsa_abslog(x):
+def dsa_abslog(x, *, guards: Guards = DEFAULT_GUARDS):
     """DSA's ABSLOG (lib/autolayer.py:35-45): x[x == 0] = 1; ln|x|. So ln|x| with 0 -> 0."""
     y = _f32(x).abs()
-    return y.masked_fill_(y == 0, DSA_ZERO_FILL).log_()
+    return y.masked_fill_(y == 0, guards.dsa_zero_fill).log_()
 
 
-def dsa_log(x):
+def dsa_log(x, *, guards: Guards = DEFAULT_GUARDS):
     """DSA's LOG (lib/autolayer.py:24-32): x[x <= 0] = 1; ln(x + 1e-6)."""
     x = _f32(x)
-    return x.masked_fill(x <= 0, DSA_ZERO_FILL).add_(DSA_LOG_EPS).log_()
+    return x.masked_fill(x <= 0, guards.dsa_zero_fill).add_(guards.dsa_log_eps).log_()
 
 
 def _out_dtype(m):
@@ -207,32 +206,32 @@ def dsa_minmax(mats):
 BLOCK = frozenset({"dsa_zscore", "dsa_minmax"})
 
 
-def apply_chain(names, mats):
+def apply_chain(names, mats, guards: Guards = DEFAULT_GUARDS):
     """Pre-processing ops `names` (in order) on one block's matrices -> the block's new matrices.
 
     Consecutive element-wise ops run composed on each matrix in turn (only one intermediate
     matrix alive at a time: `second(first(m)) for m in mats`); a block-level op sees the
-    whole list. An empty `names` returns `mats` itself.
+    whole list. An empty `names` returns `mats` itself. `guards`: the ops' guard constants.
     """
     out = mats
     pending = []
 
-    def flush(mats, fns):
-        if not fns:
+    def flush(mats, ops):
+        if not ops:
             return mats
         result = []
         for m in mats:
-            for fn in fns:
-                m = fn(m)
+            for op in ops:
+                m = op(m, guards)
             result.append(m)
         return result
 
     for name in names:
         if name in BLOCK:
-            out = OPS[name].fn(flush(out, pending))
+            out = OPS[name](flush(out, pending), guards)
             pending = []
         else:
-            pending.append(OPS[name].fn)
+            pending.append(OPS[name])
     return flush(out, pending)
 
 

@@ -24,12 +24,12 @@ import sympy
 import torch
 
 from dsa.core.constants import OWL_M
+from dsa.core.guards import DEFAULT_GUARDS, Guards
 from dsa.core.numerics import (NAN, block_alpha, chunks, element_count, element_mean, element_sum,
                                     mean_over, outlier_fraction)
 
 from .op import Op, registry
 
-TINY32 = torch.finfo(torch.float32).tiny  # same log floor as pre.log
 CORR_ROWS = 256  # rows kept by corr (evenly spaced) to stay cheap
 
 
@@ -75,12 +75,13 @@ def l2(mats):
     return math.sqrt(element_sum(mats, torch.square)) if mats else NAN
 
 
-def geomean(mats):
-    """exp(mean ln max(|x|, TINY32)): the floor matches pre.log."""
+def geomean(mats, *, guards: Guards = DEFAULT_GUARDS):
+    """exp(mean ln max(|x|, floor)): the floor is pre.log's (guards.log_floor32)."""
     n = element_count(mats)
     if not n:
         return NAN
-    mlog = element_sum(mats, lambda c: c.abs_().clamp_min_(TINY32).log_()) / n
+    floor = guards.log_floor32
+    mlog = element_sum(mats, lambda c: c.abs_().clamp_min_(floor).log_()) / n
     return math.exp(mlog) if mlog < 709 else math.inf
 
 

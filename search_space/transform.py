@@ -1,12 +1,13 @@
 """Transforms: scalar ops applied element-wise to the vector of block values
 (a 1-D float64 tensor, one entry per block; output has the same shape, float64).
 
-Guards (numerical only; the sympy twins are the plain functions):
+Guards (numerical only; the sympy twins are the plain functions). log and exp take their guard
+constant as the keyword `guards` (dsa.core.guards.Guards; default: the values below):
 - asin, acos: input clamped to [-1, 1] (so asin(2) = pi/2, acos(2) = 0).
-- log: ln(max(|x|, TINY)), TINY the smallest normal float64 (2.2e-308): exactly ln|x|
+- log: ln(max(|x|, log_floor64)), the floor the smallest normal float64 (2.2e-308): exactly ln|x|
   for every normal float64; 0 maps to -708.4.
 - sqrt: sqrt(|x|).
-- exp: input clamped to <= EXP_MAX = 80, as in pre.exp.
+- exp: input clamped to <= exp_max = 80, as in pre.exp.
 tan is left alone: it is finite for every finite float64.
 
 DSA's own asin and acos (lliai/DSA lib/autolayer.py:368-369, torch.asin / torch.acos on the
@@ -18,10 +19,9 @@ import sympy
 import torch
 import torch.nn.functional as F
 
-from .op import Op, registry
+from dsa.core.guards import DEFAULT_GUARDS, Guards
 
-TINY = torch.finfo(torch.float64).tiny
-EXP_MAX = 80.0
+from .op import Op, registry
 
 
 def _f64(x):
@@ -66,12 +66,12 @@ def atan(x):
     return torch.atan(_f64(x))
 
 
-def exp(x):
-    return _f64(x).clamp(max=EXP_MAX).exp_()
+def exp(x, *, guards: Guards = DEFAULT_GUARDS):
+    return _f64(x).clamp(max=guards.exp_max).exp_()
 
 
-def log(x):
-    return _f64(x).abs().clamp_min_(TINY).log_()
+def log(x, *, guards: Guards = DEFAULT_GUARDS):
+    return _f64(x).abs().clamp_min_(guards.log_floor64).log_()
 
 
 def abs_(x):

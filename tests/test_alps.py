@@ -7,9 +7,9 @@ runs with its faithful default constants in about a second on one core. Its inpu
 import pytest
 import torch
 
-from evaluators.alps import alps_prune
 from evaluators.capture import StopForward
-from evaluators.sequential import sparsegpt_prune
+from evaluators.pruners.alps import alps_prune
+from evaluators.pruners.sparsegpt import sparsegpt_prune
 
 BLOCK, LAYER = 3, "self_attn.k_proj"
 

@@ -1,11 +1,11 @@
-"""Choosing a replayed function's amplitude from per-window log-perplexities (dsa/functions/amplitude.py),
+"""Choosing a replayed function's amplitude from per-window log-perplexities (dsa/protocol/amplitude.py),
 against a hand computation: the lowest geometric mean, or the training constant unless a paired test
 over the windows says the lowest is better by more than Z standard errors."""
 import math
 
 import pytest
 
-from dsa.functions.amplitude import choice_score, choose_amplitude, paired_z, perplexities_of
+from dsa.protocol.amplitude import choice_score, choose_amplitude, paired_z, perplexities_of
 
 VALUES = [0.04, 0.08, 0.12]
 LOSSES = [  # per-window log-perplexities of two texts, three windows each, at each constant

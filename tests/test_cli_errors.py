@@ -9,7 +9,7 @@ import torch
 import apply
 from evaluators import assets, data
 
-DEPTH_FUNCTION = str(Path(__file__).resolve().parents[1] / "bench" / "functions" / "loo-gemma-60-depth.json")
+DEPTH_FUNCTION = str(Path(__file__).resolve().parents[1] / "experiments" / "amplitude" / "functions" / "loo-gemma-60-depth.json")
 
 
 def run_cli(capsys, *argv):

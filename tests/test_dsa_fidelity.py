@@ -13,6 +13,7 @@ import torch
 from sympy.core.function import AppliedUndef
 
 from dsa.core import numerics as metrics
+from dsa.core.guards import MOVED_GUARDS
 from dsa.allocation.ratios import dsa_map, owl_map
 from dsa.functions.codec import DEPTH
 from dsa.functions.files import (DSA_PUBLISHED, FunctionError, describe, from_root, importance_expr, same_formula,
@@ -294,6 +295,10 @@ def test_depth_flows_through_pre_ops_and_reductions():
     assert prefix_values(node, no_matrices, n) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert prefix_values(node, no_matrices, 1) == [0.0]  # one block: depth 0
     assert relative_depth(0, 1) == 0.0 and relative_depth(3, 4) == 1.0
+    # The guard check moves depth's ends inward (MOVED_GUARDS.depth_inset = 1e-4): [1e-4, 1 - 1e-4], affinely.
+    moved = prefix_values(node, no_matrices, n, MOVED_GUARDS)
+    assert moved == pytest.approx([1e-4 + (1 - 2e-4) * i / 4 for i in range(n)], rel=0, abs=1e-15)
+    assert (moved[0], moved[2], moved[4]) == pytest.approx((1e-4, 0.5, 1 - 1e-4), rel=0, abs=1e-15)
     for red in reduction.OPS:  # every reduction accepts a depth block without raising
         node = parse([f"red_{red}", "pre2_dsa_zscore", "pre1_dsa_log", DEPTH], lambda name: PSET.mapping[name].arity)
         assert all(isinstance(v, float) for v in prefix_values(node, no_matrices, 3)), red

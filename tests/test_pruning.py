@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
+from dsa.core.errors import UserError
 from evaluators.calibration import _measure_norms, input_norms, layer_key, row_orders
-from evaluators.scores import score_matrix
 from evaluators.perplexity import perplexity
-from evaluators.pruning import zero_fraction
+from evaluators.pruners import PRUNERS, REGISTRY, pruner_named, zero_fraction
+from evaluators.scores import score_matrix
 
 
 def test_exact_per_row_counts_and_budget(dense_bench):
@@ -122,6 +123,28 @@ def test_magnitude_prunes_per_matrix_like_the_reference(session):
     per_row_counts = {int(c) for c in (bench.blocks[0].linears["mlp.up_proj"].weight == 0).sum(dim=1)}
     assert len(per_row_counts) > 1  # rows lose different numbers of weights
     assert abs(achieved - sum(r * s for r, s in zip(ratios, bench.sizes.tolist())) / float(bench.sizes.sum())) < 1e-4
+
+
+def test_registry_dispatch_by_name(session):
+    """Every registered pruner is a per-layer rule for the sequential driver or a model-wide one;
+    Wanda's cached form through the session is the search's cached prune, weight for weight."""
+    assert PRUNERS == ("wanda", "sparsegpt", "alps", "magnitude", "magnitude-row")
+    assert all(p.sequential != (p.prune_model is not None) for p in REGISTRY.values())
+    assert [name for name, p in REGISTRY.items() if p.needs_hessian] == ["sparsegpt", "alps"]
+    assert pruner_named("wanda").sequential and not pruner_named("wanda", "cached").sequential
+    bench = session.bench
+    ratios = torch.linspace(0.4, 0.7, len(bench.blocks)).tolist()
+    achieved = session.prune(ratios, "wanda", wanda_form="cached")
+    through_session = {k: l.weight.detach().clone() for k, l in bench.pruner.layers.items()}
+    bench.pruner.restore()
+    bench.pruner.prune(ratios)
+    assert all(torch.equal(l.weight, through_session[k]) for k, l in bench.pruner.layers.items())
+    target = float((bench.sizes * torch.tensor(ratios, dtype=torch.float64)).sum() / bench.sizes.sum())
+    assert abs(achieved - target) < 1e-3
+    for name, form, message in (("obs", "sequential", "unknown pruner 'obs'"), ("wanda", "fast", "unknown wanda form"),
+                                ("magnitude-row", "sequential", "needs --metric magnitude")):
+        with pytest.raises(UserError, match=message):
+            session.prune(ratios, name, wanda_form=form)
 
 
 def test_damaged_cache_entries_are_detected_and_recomputed(bench, tmp_path, monkeypatch, capsys):

@@ -7,6 +7,7 @@ import torch
 
 from dsa.allocation.ratios import (alpha_map, dsa_map, owl_map, rebalance, sanitize, sanitize_dsa, uniform,
                                    weighted_mean)
+from dsa.core.guards import MOVED_GUARDS
 
 EQUAL4 = torch.ones(4, dtype=torch.float64)
 
@@ -27,6 +28,7 @@ def assert_close_list(actual, expected, tol=1e-12):
 def test_sanitize_follows_dsa_convention():
     values = torch.tensor([math.nan, math.inf, -math.inf, 2.5])
     assert sanitize(values).tolist() == [0.0, 1e6, -1e6, 2.5]
+    assert sanitize(values, MOVED_GUARDS).tolist() == [1.0, 1e5, -1e5, 2.5]  # the guard check's fills
 
 
 def test_uniform_is_the_global_sparsity_everywhere():
@@ -136,6 +138,7 @@ def test_sanitize_dsa_follows_dsa_code():
     # lib/autolayer.py:455-458: nan -> 0, +-inf -> -1
     values = torch.tensor([math.nan, math.inf, -math.inf, 2.5])
     assert sanitize_dsa(values).tolist() == [0.0, -1.0, -1.0, 2.5]
+    assert sanitize_dsa(values, MOVED_GUARDS).tolist() == [1.0, -2.0, -2.0, 2.5]  # the guard check's fills
 
 
 def test_dsa_map_matches_hand_computation():

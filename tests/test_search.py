@@ -92,7 +92,10 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
     assert runner.run(changed, state=SearchState(**document["state"]), bench=bench, stop_after=1) is None
     again = checkpoint.load(tmp_path / "checkpoints" / "killed")
     assert again["run"]["holdout_tune_windows"] == 3 and again["state"] == document["state"]
-    resumed = runner.run(runner.RunConfig.from_dict(document["run"]), state=SearchState(**document["state"]), bench=bench)
+    # The report's baselines may change on resume too: ATP's grid (6 final-pruner prunes) is checked on `whole`.
+    resumed = runner.run(dataclasses.replace(runner.RunConfig.from_dict(document["run"]),
+                                             report_baselines=("uniform", "alphapruning")),
+                         state=SearchState(**document["state"]), bench=bench)
 
     assert resumed["best"]["function"] == whole["best"]["function"]
     assert resumed["best"]["val_ppl"] == whole["best"]["val_ppl"]
@@ -105,7 +108,18 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
         assert key in whole
     # The final pruner's truth beside the search's form, and the two forms' rank agreement.
     (table,) = whole["targets"].values()
-    assert table["trained"] and table["atp"]["chosen_on"] == "validation"
+    assert table["trained"]
+    # ATP's lambda chosen as apply.py compare chooses it: the final pruner (sequential Wanda) on the
+    # fitness text, the report's windows; the lowest of the recorded grid, whose point is the ATP row.
+    atp = table["atp"]
+    assert (atp["chosen_on"], atp["windows"], atp["pruner"]) == ("wiki/validation", 1, "wanda")
+    assert [row["lambda"] for row in atp["grid"]] == [0.04, 0.08, 0.12, 0.15, 0.2, 0.25]
+    chosen = min(atp["grid"], key=lambda row: row["wiki/validation"])
+    assert atp["lambda"] == chosen["lambda"] and atp["step"] == chosen["step"] == 2 * chosen["lambda"] / 29
+    assert table["allocations"]["atp"]["final"]["wiki/validation"] == pytest.approx(chosen["wiki/validation"], rel=1e-9)
+    assert math.exp(chosen["window_log_ppl"]["wiki/validation"][0]) == pytest.approx(chosen["wiki/validation"], rel=1e-12)
+    assert atp == json.loads((tmp_path / "results" / "whole" / "report.json").read_text())["targets"][
+        f"{bench.config.model}@0.7"]["atp"]  # recorded in the report
     for entry in table["allocations"].values():
         assert set(entry["final"]) == {"wiki/validation", "wiki/test"} and min(entry["final"].values()) > 1
     assert len(table["allocations"]["best"]["block_metric"]) == len(bench.blocks)
@@ -243,6 +257,7 @@ def test_final_select_scores_candidates_like_the_search_with_the_final_pruner(be
     from dsa.search.evolution import Target
     from dsa.search.final_select import final_select
     from dsa.search.fitness import PoolEvaluator
+    from dsa.search.pool_measurer import PoolMeasurer
 
     pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
     session = pool.workers["m"].session
@@ -254,15 +269,12 @@ def test_final_select_scores_candidates_like_the_search_with_the_final_pruner(be
     search.population = [search.individual(seed_names(name)) for name in ("owl", "alphapruning", "owl")]
     for ind, value in zip(search.population, (-0.3, -0.2, -0.1)):
         ind.fitness.values = (value,)
-    measured = []
-
-    def measure(*args):
-        measured.append((args[2], runner.final_perplexities(*args)))
-        return measured[-1][1]
-
-    config = dataclasses.replace(tiny_run_config(tmp_path, "select"), final_select=3)
-    chosen, record = final_select(search, pool, config, measure)
-    (routed, rows), = measured  # one batch, validation only
+    measured, measurer = [], PoolMeasurer(pool, "wanda")
+    measure = measurer.measure
+    measurer.measure = lambda routed, reads, desc="": measured.append((routed, measure(routed, reads, desc))) or measured[-1][1]
+    chosen, record = final_select(search, measurer, 3, "wiki/validation", 1, "m")
+    (routed, results), = measured  # one batch, validation only
+    rows = [row for row, in results]
     assert all(set(row) == {"wiki/validation"} for row in rows) and len(routed) == 6  # 2 candidates + uniform, x2
     ppl = [row["wiki/validation"] for row in rows]
     by_hand = [(math.log(ppl[i] / ppl[2]) + math.log(ppl[3 + i] / ppl[5])) / 2 for i in range(2)]
@@ -279,6 +291,8 @@ def test_report_prunes_an_allocation_equal_to_another_once(bench, tmp_path):
     once and both get that result; a different allocation is pruned on its own."""
     from dsa.distributed.pool import InProcessPool
     from dsa.distributed.worker import Worker
+    from dsa.protocol.measurer import final_perplexities
+    from dsa.search.pool_measurer import PoolMeasurer
 
     pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
     n = pool.workers["m"].session.n_blocks
@@ -287,8 +301,8 @@ def test_report_prunes_an_allocation_equal_to_another_once(bench, tmp_path):
     batches = []
     map_routed = pool.map_routed
     pool.map_routed = lambda method, jobs, desc=None: batches.append(len(jobs)) or map_routed(method, jobs, desc)
-    config = tiny_run_config(tmp_path, "dedup")
-    rows = runner.final_perplexities(pool, config, [("m", ramp), ("m", uniform), ("m", [r + 1e-12 for r in ramp])])
+    rows = final_perplexities(PoolMeasurer(pool, "wanda"), [("m", ramp), ("m", uniform), ("m", [r + 1e-12 for r in ramp])],
+                              ["wiki/validation", "wiki/test"], 1)
     assert batches == [2]
     assert rows[0] == rows[2] and rows[0] != rows[1]
     assert rows[0]["wiki/test"] < rows[1]["wiki/test"]  # the ramp beats uniform at 70 % on SmolLM2
@@ -365,6 +379,10 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
     held = report["targets"][f"{other}@0.7"]["allocations"]["best"]["ratios"]
     assert held == pytest.approx(report["best"]["ratios"], abs=1e-12)
     assert report["targets"][f"{other}@0.7"]["dense"] == report["targets"][f"{bench.config.model}@0.7"]["dense"]
+    # One training model: the held-out ATP takes its lambda (multi-model score 0 there), the same depth its step.
+    trained_atp, held_atp = (report["targets"][f"{m}@0.7"]["atp"] for m in (bench.config.model, other))
+    assert (held_atp["lambda"], held_atp["step"]) == (trained_atp["lambda"], trained_atp["step"])
+    assert {p["lambda"]: p["score"] for p in held_atp["grid"]}[held_atp["lambda"]] == 0.0
 
 
 def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch):
@@ -378,7 +396,9 @@ def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch)
     for 12 grid points), and the chosen value's perplexities are a hand prune's."""
     from dsa.distributed.pool import InProcessPool
     from dsa.distributed.worker import Worker
-    from dsa.functions.pipeline import FeatureMemo
+    from dsa.protocol.grids import Choosing
+    from dsa.protocol.tuning import tune_on_model
+    from dsa.search.pool_measurer import PoolMeasurer
     from evaluators.perplexity import perplexity
 
     model = bench.config.model
@@ -390,13 +410,14 @@ def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch)
     assert runner.RunConfig.from_dict({**config.as_dict(), "holdout_tune": "calib-next"}).holdout_tune == ("calib-next",)
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
             "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.04}}
-    memo = FeatureMemo(lambda node: pool.call("features", node, group=model))
     reads, prunes = [], []
     windows, prune = bench.windows, EvaluationSession.prune
     monkeypatch.setattr(bench, "windows", lambda text, count: reads.append(text) or windows(text, count))
     monkeypatch.setattr(EvaluationSession, "prune", lambda self, *a, **k: prunes.append(a[0]) or prune(self, *a, **k))
     try:
-        allocations, tuning = runner.tune_on_holdout(pool, config, model, ramp, memo, bench.sizes, 0.7, 0.12)
+        allocations, tuning = tune_on_model(PoolMeasurer(pool, "wanda"), model, ramp, 0.7, 0.12,
+                                            Choosing(config.holdout_tune, config.holdout_tune_windows),
+                                            config.holdout_tune_z)
         assert set(reads) == set(texts) and len(prunes) == 6
         grids = {name: tuning[name]["grid"] for name in ("best-tuned", "atp-tuned")}
         assert [row["value"] for row in grids["best-tuned"]] == [0.04, 0.08, 0.12, 0.15, 0.2, 0.25]
@@ -482,25 +503,30 @@ def test_seeds_replay_as_function_files(bench):
 
 def test_held_out_atp_takes_the_lambda_best_over_all_training_models():
     """Two training models that prefer different lambdas (the grids measured in the leave-one-out
-    rotation with SmolLM2 held out): the held-out model gets the lambda with the lowest summed
-    log validation perplexity, 0.12 (ln 177.23 + ln 206.71 = 10.509 < ln 175.40 + ln 214.06 = 10.533),
-    not the first model's choice."""
-    from types import SimpleNamespace
-
+    rotation with SmolLM2 held out): the held-out model gets the lambda with the lowest multi-model
+    score, the mean over the training models of log(ppl / ppl at the model's own choice):
+    0.12 scores (ln(177.23 / 175.40) + ln(206.71 / 206.71)) / 2 = 0.00519, 0.15 scores
+    (0 + ln(214.06 / 206.71)) / 2 = 0.01747; not the first model's choice."""
     from dsa.allocation.baselines import atp_grid
     from dsa.core.constants import ATP_LAMBDAS
+    from dsa.protocol.atp import atp_from_training
 
-    def choice(values):
-        grid = [{"lambda": lam, "validation": v} for lam, v in zip(ATP_LAMBDAS, values)]
-        return {"grid": grid, "sparsity": 0.7, "lambda": ATP_LAMBDAS[values.index(min(values))]}
+    def choice(values, sparsity=0.7):
+        grid = [{"lambda": lam, "wiki/validation": v} for lam, v in zip(ATP_LAMBDAS, values)]
+        return {"grid": grid, "sparsity": sparsity, "lambda": ATP_LAMBDAS[values.index(min(values))],
+                "chosen_on": "wiki/validation"}
 
     gemma = choice([197.58, 184.10, 177.23, 175.40, 208.26, 307.93])  # prefers 0.15
     qwen = choice([224.99, 230.35, 206.71, 214.06, 407.73, 1913.37])  # prefers 0.12
-    search = SimpleNamespace(atp_choices={0: gemma, 1: qwen})
-    held = runner.atp_from_training(search, 0.7, 30)
+    other_sparsity = choice([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], sparsity=0.6)  # prefers 0.04, at 60 %: not read
+    held = atp_from_training([gemma, qwen, other_sparsity], 0.7, 30)
     assert ATP_LAMBDAS == (0.04, 0.08, 0.12, 0.15, 0.2, 0.25)
-    assert held["lambda"] == 0.12
+    assert held["lambda"] == 0.12 and held["chosen_on"] == "training models"
     assert held["step"] == dict(atp_grid(30, 0.7, ATP_LAMBDAS))[0.12]
+    scores = {point["lambda"]: point["score"] for point in held["grid"]}
+    assert scores[0.12] == pytest.approx(0.00519, abs=1e-5) and scores[0.15] == pytest.approx(0.01747, abs=1e-5)
+    assert min(scores, key=scores.get) == 0.12
+    assert atp_from_training([], 0.7, 30)["lambda"] == 0.04  # no training grid: ATP's smallest lambda
 
 
 def test_depth_only_search_reads_depth_alone(bench):
@@ -559,12 +585,11 @@ def test_guard_check_rejects_functions_that_read_a_guard(bench):
     from dsa.functions.codec import stage_of
     from dsa.functions.pipeline import parse
     from dsa.search.evolution import Target
-    from search_space import pre, transform
 
     n = len(bench.blocks)
     def depth_only(operand, index):
         raise AssertionError(f"read {operand}")
-    features = lambda node: prefix_values(node, depth_only, n)  # noqa: E731
+    features = features_on(depth_only, n)  # the in-process check calls it with the guards moved
     checked = Search(SearchConfig(operands=("depth",), guard_check=True), bench.sizes, features, evaluator=None)
     plain = Search(SearchConfig(operands=("depth",)), bench.sizes, features, evaluator=None)
     readers = {  # found by the 60 % held-out-Gemma-3 searches (seeds 0 and 1) and a 70 % random search
@@ -589,7 +614,7 @@ def test_guard_check_rejects_functions_that_read_a_guard(bench):
         assert checked.ratios_of(checked.individual(seed_genomes(operands=("depth",))[name])) is not None, name
     assert checked.state.guard_readers == 3
 
-    # A worker computes a prefix with the guards moved when asked, and restores them after.
+    # A worker computes a prefix with the guards moved when asked, and with the ops' own after.
     pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
     def reduction_node(function):
         node = parse(to_names(function), lambda name: checked.pset.mapping[name].arity)
@@ -602,7 +627,7 @@ def test_guard_check_rejects_functions_that_read_a_guard(bench):
     assert pool.call("features", prefix, True)[0] == pytest.approx(1e-4, rel=1e-12)
     assert pool.call("features", log_node, False)[0] == pytest.approx(math.log(torch.finfo(torch.float32).tiny))
     assert pool.call("features", log_node, True)[0] == pytest.approx(math.log(1e-4), rel=1e-6)
-    assert pre.TINY == torch.finfo(torch.float32).tiny and transform.TINY == torch.finfo(torch.float64).tiny
+    assert pool.call("features", log_node, False)[0] == pytest.approx(math.log(torch.finfo(torch.float32).tiny))
     # Multi-target searches ask the workers for the moved features through Target.moved_features.
     moved_calls = []
     target = Target("m", 0.6, bench.sizes, lambda node: pool.call("features", node, False), "m@0.6|",

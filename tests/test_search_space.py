@@ -2,6 +2,7 @@
 
 Synthetic small tensors only (no model): the whole file runs in a few seconds.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from sympy.core.function import AppliedUndef
 from search_space import post, pre, reduction, transform
 from search_space.op import Op
 from dsa.core import numerics as metrics
+from dsa.core.guards import DEFAULT_GUARDS, MOVED_GUARDS, Guards
 from dsa.core.numerics import block_alpha, esd, hill_alpha, hill_at, outlier_fraction
 
 X = sympy.Symbol("x")
@@ -276,6 +278,39 @@ def test_guards():
     assert float(pre.log(pre.exp(torch.tensor(-50.0)))) == pytest.approx(-50.0)  # floor, not +eps
     assert float(transform.asin(torch.tensor(2.0, dtype=torch.float64))) == pytest.approx(math.pi / 2)
     assert float(pre.exp(torch.tensor(1000.0))) == pytest.approx(math.exp(80), rel=1e-6)
+
+
+def test_guards_are_a_value_the_ops_receive():
+    """The ops that fall back on a guard take it as `guards` (calling the Op passes it to them
+    alone); the defaults are the ops' own constants, MOVED_GUARDS moves each one."""
+    readers = {mod: {name for name, op in mod.OPS.items() if op.reads_guards} for mod in NAMES}
+    assert readers == {pre: {"exp", "log", "abslog", "dsa_abslog", "dsa_log"}, reduction: {"geomean"},
+                       transform: {"exp", "log"}, post: {"log"}}
+    assert (DEFAULT_GUARDS.log_floor32, DEFAULT_GUARDS.log_floor64) == (torch.finfo(torch.float32).tiny,
+                                                                        torch.finfo(torch.float64).tiny)
+    assert all(getattr(MOVED_GUARDS, f.name) != getattr(DEFAULT_GUARDS, f.name) for f in dataclasses.fields(Guards))
+    zero32, zero64 = torch.zeros(3), torch.zeros(3, dtype=torch.float64)
+    for guards, floor32, floor64, exp_max in ((DEFAULT_GUARDS, torch.finfo(torch.float32).tiny,
+                                               torch.finfo(torch.float64).tiny, 80.0),
+                                              (MOVED_GUARDS, 1e-30, 1e-300, 85.0)):
+        assert float(pre.OPS["log"](zero32, guards)[0]) == pytest.approx(math.log(floor32), rel=1e-6)
+        assert float(pre.OPS["abslog"](zero32, guards)[0]) == pytest.approx(-math.log(floor32), rel=1e-6)
+        assert reduction.OPS["geomean"]([zero32], guards) == pytest.approx(floor32, rel=1e-5)
+        assert float(transform.OPS["log"](zero64, guards)[0]) == pytest.approx(math.log(floor64), rel=1e-12)
+        assert float(post.OPS["log"](zero64, guards)[0]) == pytest.approx(math.log(floor64), rel=1e-12)
+        big = torch.tensor([1000.0])
+        assert float(pre.OPS["exp"](big, guards)) == pytest.approx(math.exp(exp_max), rel=1e-6)
+        assert float(transform.OPS["exp"](big.double(), guards)) == pytest.approx(math.exp(exp_max), rel=1e-12)
+    # DSA's logs: 0 (dsa_log: x <= 0) set to dsa_zero_fill, then ln(x + dsa_log_eps) for dsa_log.
+    x = torch.tensor([0.0, -1.0, 3.0])
+    for guards, fill, eps in ((DEFAULT_GUARDS, 1.0, 1e-6), (MOVED_GUARDS, 2.0, 1e-4)):
+        want = [math.log(fill + eps)] * 2 + [math.log(3 + eps)]
+        assert pre.OPS["dsa_log"](x, guards).tolist() == pytest.approx(want, abs=1e-7)  # float32
+    assert pre.OPS["dsa_abslog"](x, MOVED_GUARDS).tolist() == pytest.approx([math.log(2), 0.0, math.log(3)])
+    assert pre.OPS["dsa_abslog"](x, DEFAULT_GUARDS).tolist() == pytest.approx([0.0, 0.0, math.log(3)])
+    # Both block-level and element-wise ops in one chain, with the moved value passed through.
+    chain = pre.apply_chain(["dsa_zscore", "log"], [torch.full((2, 2), 3.0)], MOVED_GUARDS)
+    assert chain[0].reshape(-1).tolist() == pytest.approx([math.log(1e-30)] * 4, rel=1e-6)  # zscore of a constant: 0
 
 
 def test_post_rank_and_softmax():

@@ -11,11 +11,9 @@ With equal-sized blocks this is the unweighted mean used by OWL's and DSA's own 
 import torch
 from torch import Tensor
 
+from dsa.core.guards import DEFAULT_GUARDS, Guards
+
 DEFAULT_MAX_RATIO = 0.99
-# DSA replaces +-inf by a large finite value so a candidate function never crashes the map.
-INF_SENTINEL = 1e6
-NAN_FILL = 0.0       # what both sanitisers put for nan (DSA's convention)
-DSA_INF_FILL = -1.0  # what DSA's sanitiser puts for +-inf
 # Tolerance on the weighted mean ratio (a relative budget error, independent of model size).
 BUDGET_TOL = 1e-9
 _BISECTION_STEPS = 200
@@ -46,9 +44,11 @@ def weighted_mean(values, sizes) -> float:
     return float((_weights(sizes) * _as_float64(values)).sum())
 
 
-def sanitize(values) -> Tensor:
-    """NaN -> 0, +inf -> +1e6, -inf -> -1e6 (DSA's convention), as float64."""
-    return torch.nan_to_num(_as_float64(values), nan=NAN_FILL, posinf=INF_SENTINEL, neginf=-INF_SENTINEL)
+def sanitize(values, guards: Guards = DEFAULT_GUARDS) -> Tensor:
+    """NaN -> 0, +inf -> +1e6, -inf -> -1e6 (DSA's convention: a large finite value, so a candidate
+    function never crashes the map), as float64. The fills are `guards`' nan_fill and inf_sentinel."""
+    return torch.nan_to_num(_as_float64(values), nan=guards.nan_fill, posinf=guards.inf_sentinel,
+                            neginf=-guards.inf_sentinel)
 
 
 def uniform(sizes, sparsity: float) -> Tensor:
@@ -184,9 +184,11 @@ def alpha_map(values, sizes, sparsity: float, eps: float, max_ratio: float = DEF
     return rebalance(scale * relative, sizes, sparsity, max_ratio)
 
 
-def sanitize_dsa(values) -> Tensor:
-    """DSA's own special values (lib/autolayer.py): NaN -> 0 and +-inf -> -1, as float64."""
-    return torch.nan_to_num(_as_float64(values), nan=NAN_FILL, posinf=DSA_INF_FILL, neginf=DSA_INF_FILL)
+def sanitize_dsa(values, guards: Guards = DEFAULT_GUARDS) -> Tensor:
+    """DSA's own special values (lib/autolayer.py): NaN -> 0 and +-inf -> -1, as float64.
+    The fills are `guards`' nan_fill and dsa_inf_fill."""
+    return torch.nan_to_num(_as_float64(values), nan=guards.nan_fill, posinf=guards.dsa_inf_fill,
+                            neginf=guards.dsa_inf_fill)
 
 
 def dsa_map(values, sizes, sparsity: float, lam: float, max_ratio: float = DEFAULT_MAX_RATIO) -> Tensor:

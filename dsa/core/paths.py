@@ -26,16 +26,35 @@ def check_input_file(file, what: str = "") -> Path:
 
 
 def check_output_dir(directory, what: str) -> Path:
-    """Fail in one line, before any work, when `directory` cannot be created or written."""
+    """Fail in one line, before any work, when `directory` cannot be created or written.
+
+    Check now, create later: nothing is made here (the writer makes the directory when it
+    writes its first file), so a setting refused after this check leaves no empty directory
+    behind. The nearest existing folder on the way must be a directory we can write in.
+    """
     path = Path(directory)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path}: exists and is not a directory")
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{what} {path}: a link to nothing ({path.readlink()})")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):  # an unnamed file: nothing is left behind
             pass
     except OSError as err:
         raise UserError(f"{what} {path}: cannot write there ({err.strerror or err})")
+    return path
+
+
+def check_new_output_dir(directory, what: str, advice: str) -> Path:
+    """The same for a directory that must not hold another run's files: one that exists and is
+    not empty is refused (`advice` says what to do instead), so no file of an earlier run is
+    replaced, or left beside new ones as if it were theirs."""
+    path = check_output_dir(directory, what)
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{what} {path}: exists and is not empty; {advice}")
     return path
 
 

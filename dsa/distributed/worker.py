@@ -12,7 +12,7 @@ import torch
 
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios, block_alphas
 from dsa.core.constants import alpha_eps_for
-from dsa.functions import guards
+from dsa.core.guards import DEFAULT_GUARDS, MOVED_GUARDS
 from dsa.functions.codec import node_name
 from dsa.functions.pipeline import Node, features_on, prefix_key
 from evaluators.session import EvaluationSession
@@ -45,10 +45,7 @@ class Worker:
         key = prefix_key(node)
         if key in CACHED_ALPHAS:  # AlphaPruning's own metric: from its per-model disk cache, SVDs once (no guards)
             return block_alphas(self.session.bench, CACHED_ALPHAS[key]).tolist()
-        if guards_moved:
-            with guards.perturbed():
-                return self.features_fn(node)
-        return self.features_fn(node)
+        return self.features_fn(node, guards=MOVED_GUARDS if guards_moved else DEFAULT_GUARDS)
 
     def losses(self, ratios: list[float], indices: list[int], form: str = "cached") -> list[float]:
         return self.session.window_losses(ratios, indices, form)

@@ -25,6 +25,7 @@ from .genome import ARITHMETIC, EPS_GRID, LAMBDA_GRID, LAMBDA_MAPS, MAX_ARITHMET
 FORMAT = "dsa-function"
 VERSION = 1
 MAX_FILE_BYTES = 64 * 1024
+MAX_NOTE_CHARS = 4000  # a free-text note of where a function came from
 MAP_KINDS = (*LAMBDA_MAPS, "alpha")
 
 # DSA's published function (lliai/DSA README.md: --graph_string "W:(ABSLOG)-(VAR)-(ATAN,ASIN)-(7)",
@@ -83,6 +84,18 @@ def _importance_names(node, depth: int = 0) -> list[str]:
     return [node_name("red", node["reduction"]), node_name("pre2", ops[1]), node_name("pre1", ops[0]), node["operand"]]
 
 
+def _finite_number(value, what: str) -> float:
+    """A JSON number as a float, checked before any arithmetic: not a boolean, a string of digits
+    or an integer too large for a float (10**400 would raise OverflowError in math)."""
+    _expect(type(value) in (int, float), f"{what} must be a number, not {_show(value)}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise FunctionError(f"{what} {_show(value)} is too large")
+    _expect(math.isfinite(value), f"{what} must be a finite number")
+    return value
+
+
 def _constant_key(kind: str) -> str:
     """The field holding a map's constant: 'lambda' (owl, dsa) or 'eps' (alpha)."""
     return "lambda" if kind in LAMBDA_MAPS else "eps"
@@ -93,9 +106,7 @@ def _constant(mapping) -> str:
             and set(mapping) == {"kind", _constant_key(mapping["kind"])},
             "map must be {'kind': 'owl' or 'dsa', 'lambda': x} or {'kind': 'alpha', 'eps': x}")
     kind = mapping["kind"]
-    value = mapping[_constant_key(kind)]
-    _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-            "map constant must be a finite number")
+    value = _finite_number(mapping[_constant_key(kind)], "map constant")
     grid = LAMBDA_GRID if kind in LAMBDA_MAPS else EPS_GRID
     _expect(any(abs(value - g) < 1e-9 for g in grid), f"map constant {value} is not on the grid {grid}")
     return const_name("lam" if kind in LAMBDA_MAPS else "eps", min(grid, key=lambda g: abs(g - value)))
@@ -108,9 +119,11 @@ def to_names(data) -> list[str]:
     version = data.get("version")
     _expect(type(version) is int and version == VERSION,
             f"unsupported version {_show(version)} (this tool reads {VERSION})")
-    allowed = {"format", "version", "importance", "transform", "post", "map", "meta"}
+    allowed = {"format", "version", "importance", "transform", "post", "map", "meta", "note"}
     _expect(set(data) <= allowed, f"unknown fields {_show(sorted(set(data) - allowed), 80)}")
     _expect(isinstance(data.get("meta", {}), dict), "meta must be an object")
+    _expect(isinstance(data.get("note", ""), str) and len(data.get("note", "")) <= MAX_NOTE_CHARS,
+            f"note must be a text of at most {MAX_NOTE_CHARS} characters")
     transforms = _op_list(data.get("transform", []), transform.OPS, "transform") + ["noop", "noop"]
     _name_in(data.get("post", "noop"), post.OPS, "post op")
     mapping = data.get("map")

@@ -3,6 +3,11 @@
 Trees are interpreted node by node (never compiled or eval'd). The expensive part, a
 (operand, pre-processing, reduction) prefix over every block's scores, is memoised: a search
 has few distinct prefixes, so most candidates cost only scalar math on a vector of block values.
+
+Every step takes the ops' guard constants as one value (`guards`, dsa.core.guards; default: the
+ops' own), passed down to the ops and the sanitisers; a FeatureMemo holds the value its features
+were computed with, and the scalar steps after it use the same. The guard check runs the same
+function with MOVED_GUARDS: nothing global changes.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 from search_space import post, pre, reduction, transform
 
 from dsa.allocation import ratios as ratio_maps
+from dsa.core.guards import DEFAULT_GUARDS, Guards
 
 from .codec import DEPTH, const_value, op_of, stage_of
 
@@ -51,27 +57,26 @@ def prefix_key(node: Node) -> str:
     return f"{node.name}({', '.join(prefix_key(c) for c in node.children)})"
 
 
-DEPTH_INSET = 0.0  # moved by the guard check (dsa.functions.guards) to test continuity at depth's ends
-
-
-def relative_depth(index: int, n_blocks: int) -> float:
+def relative_depth(index: int, n_blocks: int, guards: Guards = DEFAULT_GUARDS) -> float:
     """The `depth` operand's value: index / (n_blocks - 1), 0 for the first block and 1 for the
-    last (0 for a one-block model)."""
+    last (0 for a one-block model); moved inward by guards.depth_inset at both ends (the guard
+    check's test of continuity at depth's ends)."""
     depth = index / (n_blocks - 1) if n_blocks > 1 else 0.0
-    return DEPTH_INSET + (1.0 - 2.0 * DEPTH_INSET) * depth
+    return guards.depth_inset + (1.0 - 2.0 * guards.depth_inset) * depth
 
 
-def operand_mats(operand: str, index: int, n_blocks: int,
-                 block_mats: Callable[[str, int], list[torch.Tensor]]) -> list[torch.Tensor]:
+def operand_mats(operand: str, index: int, n_blocks: int, block_mats: Callable[[str, int], list[torch.Tensor]],
+                 guards: Guards = DEFAULT_GUARDS) -> list[torch.Tensor]:
     """Block `index`'s matrices for an operand. `depth` is one 1x1 float64 tensor holding the
     block's relative depth (so every pre-processing op and reduction applies to it); the others
     come from `block_mats`."""
     if operand == DEPTH:
-        return [torch.tensor([[relative_depth(index, n_blocks)]], dtype=torch.float64)]
+        return [torch.tensor([[relative_depth(index, n_blocks, guards)]], dtype=torch.float64)]
     return block_mats(operand, index)
 
 
-def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> list[float]:
+def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int,
+                  guards: Guards = DEFAULT_GUARDS) -> list[float]:
     """One value per block of a reduction prefix (operand -> pre1 -> pre2 -> reduction).
 
     `block_mats(operand, i)` returns block i's matrices for an operand (wanda, magnitude, weight);
@@ -81,15 +86,19 @@ def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor
     pre2 = node.children[0]
     pre1 = pre2.children[0]
     operand = pre1.children[0].name
-    reduce = reduction.OPS[op_of(node.name)].fn
+    reduce = reduction.OPS[op_of(node.name)]
     names = [op_of(pre1.name), op_of(pre2.name)]
-    return [float(reduce(pre.apply_chain(names, operand_mats(operand, i, n_blocks, block_mats))))
-            for i in range(n_blocks)]
+    values = []
+    for i in range(n_blocks):
+        mats = pre.apply_chain(names, operand_mats(operand, i, n_blocks, block_mats, guards), guards)
+        values.append(float(reduce(mats, guards)))
+    return values
 
 
-def features_on(block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> Callable[[Node], list[float]]:
-    """A prefix -> per-block values function over local matrices (e.g. a session's)."""
-    return lambda node: prefix_values(node, block_mats, n_blocks)
+def features_on(block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> Callable[..., list[float]]:
+    """A prefix -> per-block values function over local matrices (e.g. a session's):
+    `features(node, guards=DEFAULT_GUARDS)`."""
+    return lambda node, guards=DEFAULT_GUARDS: prefix_values(node, block_mats, n_blocks, guards)
 
 
 class FeatureMemo:
@@ -97,17 +106,22 @@ class FeatureMemo:
 
     `compute(node)` gives a prefix's per-block values: `prefix_values` over local matrices, or a
     request to a worker that holds the model (the driver of a distributed search holds none).
+    `guards`: the guard constants `compute` uses; the steps after the memo (arithmetic, transforms,
+    post, the sanitisers) use them too. Memos with other guards that share a store (a search's
+    checkpointed features) need their own namespace.
     """
 
-    def __init__(self, compute: Callable[[Node], list[float]], namespace: str = ""):
+    def __init__(self, compute: Callable[[Node], list[float]], namespace: str = "", guards: Guards = DEFAULT_GUARDS):
         self.compute = compute
         self.namespace = namespace  # the model's name in a multi-model search: memos share one store
+        self.guards = guards
         self.values: dict[str, list[float]] = {}
         self.hits = 0
 
     @classmethod
-    def over(cls, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> "FeatureMemo":
-        return cls(features_on(block_mats, n_blocks))
+    def over(cls, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int,
+             guards: Guards = DEFAULT_GUARDS) -> "FeatureMemo":
+        return cls(lambda node: prefix_values(node, block_mats, n_blocks, guards), guards=guards)
 
     def get(self, node: Node) -> torch.Tensor:
         key = self.namespace + prefix_key(node)
@@ -118,11 +132,10 @@ class FeatureMemo:
         return torch.tensor(self.values[key], dtype=torch.float64)
 
 
-DIV_EPS = 1e-12      # protected division: a divisor this small counts as zero...
-DIV_FALLBACK = 1.0   # ...and the quotient is this
+DIV_EPS = 1e-12  # protected division: a divisor this small counts as zero (the quotient: guards.div_fallback)
 
 
-def _arith(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _arith(op: str, a: torch.Tensor, b: torch.Tensor, guards: Guards) -> torch.Tensor:
     if op == "add":
         return a + b
     if op == "sub":
@@ -130,37 +143,40 @@ def _arith(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if op == "mul":
         return a * b
     vanishes = ~(b.abs() > DIV_EPS)  # nan counts as vanishing, too
-    return torch.where(vanishes, torch.full_like(a, DIV_FALLBACK), a / torch.where(vanishes, 1.0, b))
+    return torch.where(vanishes, torch.full_like(a, guards.div_fallback), a / torch.where(vanishes, 1.0, b))
 
 
 def block_values(node: Node, memo: FeatureMemo) -> torch.Tensor:
-    """Value of a BlockVec-or-later node (reduction, arithmetic, transform or post)."""
+    """Value of a BlockVec-or-later node (reduction, arithmetic, transform or post), with the
+    memo's guards."""
     stage, op = stage_of(node.name), op_of(node.name)
     if stage == "red":
         return memo.get(node)
     if stage == "arith":
-        return _arith(op, block_values(node.children[0], memo), block_values(node.children[1], memo))
+        return _arith(op, block_values(node.children[0], memo), block_values(node.children[1], memo), memo.guards)
     inner = block_values(node.children[0], memo)
     with torch.no_grad():
         if stage in ("tr1", "tr2"):
-            return transform.OPS[op].fn(inner)
+            return transform.OPS[op](inner, memo.guards)
         if stage == "post":
-            return post.OPS[op].fn(inner)
+            return post.OPS[op](inner, memo.guards)
     raise ValueError(f"unexpected node {node.name}")
 
 
 def allocation_ratios(root: Node, memo: FeatureMemo, sizes: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Per-block ratios of a whole function; raises InvalidFunction when it yields none."""
+    """Per-block ratios of a whole function (with the memo's guards); raises InvalidFunction when it
+    yields none."""
     posted, constant = root.children
+    guards = memo.guards
     raw = block_values(posted, memo)
     value = const_value(constant.name)
     kind = op_of(root.name)
     if kind == "owl":
-        result = ratio_maps.owl_map(ratio_maps.sanitize(raw), sizes, sparsity, value)
+        result = ratio_maps.owl_map(ratio_maps.sanitize(raw, guards), sizes, sparsity, value)
     elif kind == "alpha":
-        result = ratio_maps.alpha_map(ratio_maps.sanitize(raw), sizes, sparsity, value)
+        result = ratio_maps.alpha_map(ratio_maps.sanitize(raw, guards), sizes, sparsity, value)
     elif kind == "dsa":  # DSA's own sanitiser (nan -> 0, +-inf -> -1), then its map
-        result = ratio_maps.dsa_map(ratio_maps.sanitize_dsa(raw), sizes, sparsity, value)
+        result = ratio_maps.dsa_map(ratio_maps.sanitize_dsa(raw, guards), sizes, sparsity, value)
     else:
         raise ValueError(f"unexpected root {root.name}")
     if not torch.isfinite(result).all():

@@ -5,8 +5,10 @@ import json
 
 from dsa.core.constants import ATP_LAMBDAS
 from dsa.core.errors import UserError
+from dsa.core.guards import DEFAULT_GUARDS, Guards
 from dsa.core.paths import check_input_file
 
+from . import library
 from .files import MAX_FILE_BYTES, FunctionError, map_of, to_names
 from .genome import EPS_GRID, LAMBDA_MAPS, build_pset
 from .pipeline import FeatureMemo, Node, allocation_ratios, block_values, parse
@@ -15,8 +17,9 @@ _PSET = build_pset(arithmetic=True)  # a superset: accepts linear and tree-shape
 
 
 def load_function(path) -> dict:
-    """Read and validate a function file; every problem becomes a one-line UserError."""
-    path = check_input_file(path)
+    """Read and validate a function file, or a named function of the library (`dsa/functions/
+    library/`); every problem becomes a one-line UserError."""
+    path = library.path_of(str(path)) or check_input_file(path)
     with path.open("rb") as file:
         raw = file.read(MAX_FILE_BYTES + 1)  # bounded, whatever the size says
     if len(raw) > MAX_FILE_BYTES:
@@ -41,10 +44,12 @@ def amplitude_grid(document: dict) -> tuple[float, ...]:
     return ATP_LAMBDAS if map_of(document)[0] in LAMBDA_MAPS else EPS_GRID
 
 
-def function_ratios(document: dict, block_mats, n_blocks: int, sizes, sparsity: float):
-    """(ratios, per-block importance values before the map) of a validated function."""
+def function_ratios(document: dict, block_mats, n_blocks: int, sizes, sparsity: float,
+                    guards: Guards = DEFAULT_GUARDS):
+    """(ratios, per-block importance values before the map) of a validated function; `guards`:
+    the ops' guard constants (the guard check passes MOVED_GUARDS)."""
     root = function_root(document)
-    memo = FeatureMemo.over(block_mats, n_blocks)
+    memo = FeatureMemo.over(block_mats, n_blocks, guards)
     ratios = allocation_ratios(root, memo, sizes, sparsity)
     values = block_values(root.children[0], memo)
     return ratios.tolist(), [float(v) for v in values]

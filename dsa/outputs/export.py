@@ -14,17 +14,22 @@ inside such a module is pruned at that value; `mask_structure` is "N:M" ("0:0" u
 """
 from __future__ import annotations
 
+import glob
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Sequence
 
-from dsa.core.storage import atomic_write_text, staged_directory
+from dsa.core.storage import atomic_write_text, new_file_mode, staged_directory
+from dsa.core.paths import check_output_dir
 from dsa.core.errors import UserError
 from evaluators.models import LoadedModel
-from evaluators.sequential import SPARSEGPT_BLOCK_SIZE, SPARSEGPT_DAMPING
+from evaluators.pruners.sparsegpt import SPARSEGPT_BLOCK_SIZE, SPARSEGPT_DAMPING
 
 SAVE_MARKER = "dsa.json"
+MAX_MARKER_BYTES = 1 << 20  # a save's dsa.json is a few kilobytes
 MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
 SPARSEGPT_ARGS = {"block_size": SPARSEGPT_BLOCK_SIZE, "dampening_frac": SPARSEGPT_DAMPING}  # as we prune
 STAGE, GROUP = "sparsity_stage", "sparsity_modifiers"
@@ -35,23 +40,38 @@ def check_save_dir(directory) -> Path:
 
     An earlier save lists the files it wrote in dsa.json; one holding anything else (a user's
     notes) is refused rather than replaced, so nothing the tool did not write is ever deleted.
+    The list is trusted only when it has the shape a save writes (plain file names), and the
+    path of a symbolic link is the directory it points to (the link stays a link).
     """
-    out = Path(directory)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--save {out}: exists and is not a directory")
+    out = check_output_dir(directory, "--save")
+    out = out.resolve() if out.is_symlink() else out
     if not out.is_dir() or not any(out.iterdir()):
         return out
     marker = out / SAVE_MARKER
     if not marker.is_file():
         raise UserError(f"--save {out}: directory is not empty and holds no {SAVE_MARKER}; choose a new directory")
-    try:
-        written = set(json.loads(marker.read_text())["files"])
-    except (ValueError, KeyError, TypeError):
+    written = saved_files(marker)
+    if written is None:
         raise UserError(f"--save {out}: its {SAVE_MARKER} does not list the files it wrote; choose a new directory")
     others = sorted(p.name for p in out.iterdir() if p.name not in written | {SAVE_MARKER})
     if others:
         raise UserError(f"--save {out}: holds files dsa did not write ({', '.join(others[:3])}); choose a new directory")
     return out
+
+
+def saved_files(marker: Path) -> set[str] | None:
+    """The file names a save's dsa.json lists, or None unless it is a JSON object whose "files"
+    is a list of plain names (a string would read as a set of letters, a path could name a file
+    outside the directory)."""
+    try:
+        with open(marker, "rb") as handle:
+            files = json.loads(handle.read(MAX_MARKER_BYTES)).get("files")
+    except (OSError, ValueError, RecursionError, AttributeError):  # unreadable, cut, not JSON, not an object
+        return None
+    plain = isinstance(files, list) and all(
+        isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+        and "\0" not in name for name in files)
+    return set(files) if plain else None
 
 
 def save_pruned(loaded: LoadedModel, directory, info: dict) -> Path:
@@ -64,7 +84,22 @@ def save_pruned(loaded: LoadedModel, directory, info: dict) -> Path:
             raise UserError(f"the model was not saved as safetensors in {out}")
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / SAVE_MARKER).write_text(json.dumps({**info, "files": files}, indent=2))
+        for path in tmp.iterdir():  # safetensors writes 0600; a saved model is shared like any other file
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, new_file_mode())
+    for left in interrupted_saves(out):
+        print(f"note: {left} was left by an interrupted save to {out.name} (killed while writing); "
+              "remove it once you do not need it", file=sys.stderr)
     return out
+
+
+def interrupted_saves(target) -> list[Path]:
+    """Directories a killed save to `target` left beside it: its staging directory (a part of a
+    model) or, killed between the two renames, the earlier save set aside (staged_directory's
+    `.NAME.*.tmp` and `.NAME.*.old`). Named, never deleted: a user may have kept one."""
+    target = Path(target)
+    return sorted(p for p in target.parent.glob(f".{glob.escape(target.name)}.*")
+                  if p.suffix in (".tmp", ".old") and p.is_dir() and not p.is_symlink())
 
 
 def _container(block_names: Sequence[str]) -> str:

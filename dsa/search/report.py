@@ -87,49 +87,10 @@ def transfer_rows(tables: dict[str, dict], config: dict) -> list[dict]:
 
 def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: str) -> list[str]:
     pruner = config["final_pruner"]
-    texts = [config["fitness_text"], *config["report_texts"]]
     lines = [f"# Search result ({label})", "", "```", formula, "```", ""]
     for name, table in tables.items():
-        kind = "trained" if table["trained"] else "held-out"
-        lines += [f"## {name} ({kind})", "",
-                  f"validation fitness = the search's form ({config['search'].get('fitness_form', 'cached')} Wanda, "
-                  f"{config['search']['fitness_windows']} "
-                  f"windows); other columns = {pruner} (sequential), {config['report_windows']} windows.", "",
-                  "| allocation | validation fitness | " + " | ".join(f"{t} ({pruner})" for t in texts) + " |",
-                  "|---|---|" + "---|" * len(texts)]
-        for alloc, entry in table["allocations"].items():
-            fitness = "-" if entry["val_fitness"] is None else f"{entry['val_fitness']:.3f}"
-            lines.append(f"| {alloc} | {fitness} | " + " | ".join(f"{entry['final'][t]:.3f}" for t in texts) + " |")
-        if "dense" in table:  # reports written before the dense row have none
-            lines.append("| dense (unpruned) | - | " + " | ".join(f"{table['dense'][t]:.3f}" for t in texts) + " |")
-        best_text = config["report_texts"][0]
-        final = {a: e["final"][best_text] for a, e in table["allocations"].items()}
-        baselines = {a: v for a, v in final.items() if not a.startswith("best")}  # best-tuned is the function too
-        strongest = min(baselines, key=baselines.get)
-        lines.append("")
-        for alloc, what in (("best", "the best allocation"), ("best-tuned", "the function with this model's amplitude")):
-            if alloc in final:
-                gain = 100 * (1 - final[alloc] / baselines[strongest])
-                relation = (f"{abs(gain):.1f}% {'lower' if gain > 0 else 'higher'} in perplexity than"
-                            if abs(gain) >= 0.05 else "as good as")
-                lines.append(f"On {best_text} with {pruner}, {what} is {relation} the strongest baseline ({strongest}).")
-        atp = table.get("atp")
-        if atp:
-            lines.append(f"ATP's step {atp['step']:.5f} (lambda {atp['lambda']}) chosen on {atp['chosen_on']}.")
-        for alloc, tuned in (table.get("tuning") or {}).items():
-            text = tuned["chosen_on"]
-            grid = ", ".join(f"{row['value']:g}: {row[text]:.2f}" for row in tuned["grid"])
-            windows = f"{tuned['windows']} windows of " if "windows" in tuned else ""
-            lines.append(f"{alloc}: map constant {tuned['chosen']:g} chosen on {windows}this model's {text} with {pruner} "
-                         f"({grid}).")
-            if "reference" in tuned:  # the paired test against the training models' constant
-                verdict = "switched to it" if tuned["switched"] else f"kept the training constant {tuned['reference']:g}"
-                lines.append(f"  The lowest, {tuned['lowest']:g}, against the training constant {tuned['reference']:g}: "
-                             f"z = {tuned['z']:.2f} over the windows; {verdict} ({tuned['rule']}).")
-        forms = table.get("forms", {})
-        if forms.get("count", 0) >= 2:
-            lines.append(f"Search's form vs {pruner}: Spearman {forms['spearman']:.2f} over the final population's "
-                         f"{forms['count']} best distinct allocations.")
+        lines += _table_lines(name, table, config)
+        lines += _choice_lines(table, config["report_texts"][0], pruner)
         lines.append("")
     selection = counters.get("final_select", {})
     if selection.get("count", 0) >= 2:
@@ -141,3 +102,67 @@ def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: s
     lines += [f"evaluations {counters['evaluations']}, cache hits {counters['cache_hits']}, feature cache hits "
               f"{counters['feature_cache_hits']}, wall {counters['wall_s']:.0f} s", ""]
     return lines
+
+
+def _table_lines(name: str, table: dict, config: dict) -> list[str]:
+    """One target's table: every allocation's validation fitness and final-pruner perplexities."""
+    pruner = config["final_pruner"]
+    texts = [config["fitness_text"], *config["report_texts"]]
+    kind = "trained" if table["trained"] else "held-out"
+    lines = [f"## {name} ({kind})", "",
+             f"validation fitness = the search's form ({config['search'].get('fitness_form', 'cached')} Wanda, "
+             f"{config['search']['fitness_windows']} "
+             f"windows); other columns = {pruner} (sequential), {config['report_windows']} windows.", "",
+             "| allocation | validation fitness | " + " | ".join(f"{t} ({pruner})" for t in texts) + " |",
+             "|---|---|" + "---|" * len(texts)]
+    for alloc, entry in table["allocations"].items():
+        fitness = "-" if entry["val_fitness"] is None else f"{entry['val_fitness']:.3f}"
+        lines.append(f"| {alloc} | {fitness} | " + " | ".join(f"{entry['final'][t]:.3f}" for t in texts) + " |")
+    if "dense" in table:  # reports written before the dense row have none
+        lines.append("| dense (unpruned) | - | " + " | ".join(f"{table['dense'][t]:.3f}" for t in texts) + " |")
+    return lines + [""]
+
+
+def _choice_lines(table: dict, best_text: str, pruner: str) -> list[str]:
+    """How the best fares against the strongest baseline, and how ATP's and the tuned constants were chosen."""
+    lines = []
+    final = {a: e["final"][best_text] for a, e in table["allocations"].items()}
+    baselines = {a: v for a, v in final.items() if not a.startswith("best")}  # best-tuned is the function too
+    strongest = min(baselines, key=baselines.get)
+    for alloc, what in (("best", "the best allocation"), ("best-tuned", "the function with this model's amplitude")):
+        if alloc in final:
+            gain = 100 * (1 - final[alloc] / baselines[strongest])
+            relation = (f"{abs(gain):.1f}% {'lower' if gain > 0 else 'higher'} in perplexity than"
+                        if abs(gain) >= 0.05 else "as good as")
+            lines.append(f"On {best_text} with {pruner}, {what} is {relation} the strongest baseline ({strongest}).")
+    if table.get("atp"):
+        lines.append(atp_line(table["atp"]))
+    for alloc, tuned in (table.get("tuning") or {}).items():
+        text = tuned["chosen_on"]
+        grid = ", ".join(f"{row['value']:g}: {row[text]:.2f}" for row in tuned["grid"])
+        windows = f"{tuned['windows']} windows of " if "windows" in tuned else ""
+        lines.append(f"{alloc}: map constant {tuned['chosen']:g} chosen on {windows}this model's {text} with {pruner} "
+                     f"({grid}).")
+        if "reference" in tuned:  # the paired test against the training models' constant
+            verdict = "switched to it" if tuned["switched"] else f"kept the training constant {tuned['reference']:g}"
+            lines.append(f"  The lowest, {tuned['lowest']:g}, against the training constant {tuned['reference']:g}: "
+                         f"z = {tuned['z']:.2f} over the windows; {verdict} ({tuned['rule']}).")
+    forms = table.get("forms", {})
+    if forms.get("count", 0) >= 2:
+        lines.append(f"Search's form vs {pruner}: Spearman {forms['spearman']:.2f} over the final population's "
+                     f"{forms['count']} best distinct allocations.")
+    return lines
+
+
+def atp_line(atp: dict) -> str:
+    """ATP's choice in words: on which text and windows, with which pruner, and its grid."""
+    how, grid = atp["chosen_on"], atp.get("grid") or []
+    if "windows" in atp:
+        how = f"{atp['windows']} windows of {how}" + (f" with {atp['pruner']}" if "pruner" in atp else "")
+    if grid and "score" in grid[0]:  # a held-out model: the training models' multi-model score per lambda
+        points = "; lambda: multi-model score " + ", ".join(f"{p['lambda']:g}: {p['score']:+.4f}" for p in grid)
+    elif grid:
+        points = "; lambda: perplexity " + ", ".join(f"{p['lambda']:g}: {p[atp['chosen_on']]:.2f}" for p in grid)
+    else:
+        points = ""
+    return f"ATP's step {atp['step']:.5f} (lambda {atp['lambda']}) chosen on {how}{points}."

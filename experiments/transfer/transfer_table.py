@@ -1,6 +1,6 @@
 """One leave-one-out transfer table from several multi-model searches' reports.
 
-    python bench/transfer_table.py results/loo-qwen results/loo-gemma results/loo-smollm \
+    python experiments/transfer/transfer_table.py results/loo-qwen results/loo-gemma results/loo-smollm \
         --own-atp gemma3-270m=results/atp-own-gemma3-270m-70
 
 Each search (`search.py --models A B --holdout C`) wrote report.json; this prints, for every

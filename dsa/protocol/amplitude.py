@@ -1,4 +1,4 @@
-"""Choosing a replayed function's amplitude (its map constant) on a new model, from per-window losses.
+"""Choosing an amplitude (a function's map constant, ATP's lambda) on a model, from per-window losses.
 
 The grid's constants are each pruned once; a constant's score on the choosing texts is the mean
 over texts of the mean per-window log-perplexity (the log of the geometric mean of the texts'
@@ -7,7 +7,8 @@ given (the one the function was found with on its training models) together with
 the lowest is taken only if a paired test over the windows says it is better than the reference
 by more than `switch_z` standard errors, and the reference is kept otherwise. Where two constants
 are a few per cent apart on the choosing texts, which of them the test text prefers is a coin
-toss (BENCHMARKS.md section 8); the training models' constant is then the better bet.
+toss (measured on held-out models: the choosing texts and the test text disagreed on such near-ties);
+the training models' constant is then the better bet.
 """
 from __future__ import annotations
 

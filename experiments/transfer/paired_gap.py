@@ -1,6 +1,6 @@
 """Is a function's gap to a baseline real? Both pruned on one model, compared window by window.
 
-    python bench/paired_gap.py --model smollm2-135m --sparsity 0.7 --calib-windows 8 \
+    python experiments/transfer/paired_gap.py --model smollm2-135m --sparsity 0.7 --calib-windows 8 \
         --function results/loo-smollm-70-guard/best.json --against atp:0.12 uniform \
         --text wiki/test --windows 64
 
@@ -8,10 +8,11 @@ Prunes the model with the function's ratios and with each allocation after --aga
 name, or `atp:LAMBDA` for ATP's ramp at a spread lambda, as a search report gives it), all with
 the final pruner, and measures every window's log-perplexity on one text. For each baseline the
 table gives its perplexity, the function's ratio to it, and the paired test over the windows (the
-product's own, dsa/functions/amplitude.py): the mean difference of log-perplexity and that
+product's own, dsa/protocol/amplitude.py): the mean difference of log-perplexity and that
 difference over its standard error. |z| under about 2 is a tie, whatever the ratio says.
 In-process, with this process's threads: the numbers are close to a search report's actors' but,
-at 70 %, not always equal to the digit (BENCHMARKS.md section 8, "The same command on another machine").
+at 70 %, not always equal to the digit (sequential Wanda carries each block's float rounding into the
+next block's calibration, and the rounding differs with the thread count and the CPU's vector path).
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios  # noqa: E402
 from dsa.allocation.baselines import atp_grid  # noqa: E402
 from dsa.core.constants import alpha_eps_for  # noqa: E402
-from dsa.functions.amplitude import paired_z  # noqa: E402
+from dsa.protocol.amplitude import paired_z  # noqa: E402
 from dsa.functions.replay import function_ratios, load_function  # noqa: E402
 from dsa.core.errors import UserError  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402

@@ -1,6 +1,6 @@
 """Which text, how many windows and which loss should choose the amplitude on a new model?
 
-    python bench/amplitude_proxy.py --model qwen2.5-0.5b --sparsity 0.7 [--function FILE]
+    python experiments/amplitude/amplitude_proxy.py --model qwen2.5-0.5b --sparsity 0.7 [--function FILE]
 
 ATP's ramp (or a function file's shape) at each constant of its amplitude grid, pruned once with the
 final pruner (sequential Wanda); then, from one forward pass per window, the per-window NLL and KL to
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios  # noqa: E402
 from dsa.allocation.baselines import atp_grid  # noqa: E402
 from dsa.core.constants import ATP_LAMBDAS  # noqa: E402

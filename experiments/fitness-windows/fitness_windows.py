@@ -1,8 +1,8 @@
 """How many validation windows a fitness needs, and how often screening drops the best candidate.
 
-    python bench/fitness_windows.py --windows 16 --candidates 24 --threads 1
-    python bench/fitness_windows.py --losses results/bench_fitness_windows.json --promote 3  # re-summarise
-    python bench/fitness_windows.py --losses results/bench_fitness_windows.json --top 8        # the best 8
+    python experiments/fitness-windows/fitness_windows.py --windows 16 --candidates 24 --threads 1
+    python experiments/fitness-windows/fitness_windows.py --losses results/bench_fitness_windows.json --promote 3  # re-summarise
+    python experiments/fitness-windows/fitness_windows.py --losses results/bench_fitness_windows.json --top 8        # the best 8
 
 Candidates: the search's seed functions plus random valid functions (seed 0), each pruned in
 the search's form (cached Wanda) at --sparsity; per-window loss on --windows validation windows
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 from dsa.functions.genome import seed_genomes  # noqa: E402
 from dsa.functions.pipeline import features_on  # noqa: E402
 from dsa.search.evolution import Search, SearchConfig  # noqa: E402
-from dsa.search.runner import spearman  # noqa: E402
+from dsa.protocol.score import spearman  # noqa: E402
 from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig  # noqa: E402

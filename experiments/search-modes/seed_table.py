@@ -1,8 +1,8 @@
 """Search modes compared over seeds, from the searches' reports.
 
-    python bench/seed_table.py results/fn-0 results/fn-1 results/fn-2 results/pb-0 ... results/rnd-2
+    python experiments/search-modes/seed_table.py results/fn-0 results/fn-1 results/fn-2 results/pb-0 ... results/rnd-2
 
-    python bench/seed_table.py results/loo-gemma-60 results/loo-gemma-60-evo-1 ... --target gemma3-270m@0.6
+    python experiments/search-modes/seed_table.py results/loo-gemma-60 results/loo-gemma-60-evo-1 ... --target gemma3-270m@0.6
 
 Each folder holds one `search.py` run's report.json (function search, `--per-block` or
 `--random-search`). Runs are grouped by their search mode; each row gives, for the best

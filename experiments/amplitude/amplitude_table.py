@@ -1,6 +1,6 @@
 """A replayed function with its amplitude chosen on the new model, beside the fixed rules.
 
-    python bench/amplitude_table.py --sparsity 0.6 \
+    python experiments/amplitude/amplitude_table.py --sparsity 0.6 \
         gemma3-270m=results/calibtune-gemma3-270m-60,results/calibtune-fn-gemma3-270m-60.json@0.04 \
         smollm2-135m=results/calibtune-smollm2-135m-60@0.04
 

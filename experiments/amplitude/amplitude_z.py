@@ -1,9 +1,9 @@
 """What the paired test of `--holdout-tune-z` / `--tune-z` would choose on measured amplitude grids.
 
-    python bench/amplitude_z.py --z 2 results/proxy/qwen2.5-0.5b-70-atp-ptb.json@0.12 ...
-    python bench/amplitude_z.py --z 2 results/loo-qwen-70-g12/report.json
+    python experiments/amplitude/amplitude_z.py --z 2 results/proxy/qwen2.5-0.5b-70-atp-ptb.json@0.12 ...
+    python experiments/amplitude/amplitude_z.py --z 2 results/loo-qwen-70-g12/report.json
 
-An argument with `@` is a `bench/amplitude_proxy.py --extra-texts ptb/train` JSON (every grid
+An argument with `@` is a `experiments/amplitude/amplitude_proxy.py --extra-texts ptb/train` JSON (every grid
 constant pruned once, per-window NLL on calib-next, ptb/train and the report text) and, after `@`,
 the constant the training models chose (the reference a replay starts from). For each grid the
 table gives the choosing texts' lowest (their mean log-perplexity), its z against the reference
@@ -15,7 +15,7 @@ tuning grids (the function's, reference its file's constant; ATP's, reference th
 lambda). A search report measures the report text only at the reference and at the constant its
 own rule chose, so a report-text cell the run did not measure reads "not measured".
 
-The choice is made by the product's own code (dsa/functions/amplitude.py).
+The choice is made by the product's own code (dsa/protocol/amplitude.py).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dsa.functions.amplitude import choose_amplitude  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from dsa.protocol.amplitude import choose_amplitude  # noqa: E402
 
 
 def grid_row(path: str, reference: float, z: float, texts: list[str]) -> str:

@@ -1,5 +1,7 @@
-"""bench/transfer_table.py and bench/seed_table.py: the tables BENCHMARKS.md prints, from the reports' JSON;
-bench/guard_replay.py: a finished search rerun from its loss cache."""
+"""The research scripts under experiments/: the tables they print from reports' JSON equal hand
+computations (transfer_table, seed_table, atp_selection, amplitude_table, amplitude_z), the amplitude
+proxies choose as computed by hand, guard_replay reruns a finished search from its loss cache, and
+paired_gap pairs windows. Marked `experiment` (CI runs them; `-m "not experiment"` skips them)."""
 import json
 import math
 import subprocess
@@ -11,6 +13,9 @@ import pytest
 from dsa.outputs.comparison import write_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
+TRANSFER, AMPLITUDE, SEARCH_MODES = (ROOT / "experiments" / topic for topic in ("transfer", "amplitude", "search-modes"))
+
+pytestmark = pytest.mark.experiment
 
 
 def test_transfer_table_row_equals_a_hand_computation(tmp_path):
@@ -25,7 +30,7 @@ def test_transfer_table_row_equals_a_hand_computation(tmp_path):
     write_comparison(tmp_path / "own-c", "c", "wanda", {"wiki/validation": 20.0, "wiki/test": 25.0},
                      [{"sparsity": 0.7, "method": "atp", "achieved": 0.7, "wiki/validation": 190.0, "wiki/test": 230.0}],
                      {("atp", 0.7): [0.65, 0.75]}, {"0.7": {"step": 0.01, "grid": grid, "chosen_on": "wiki/validation"}})
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "transfer_table.py"), str(tmp_path / "loo-c"),
+    out = subprocess.run([sys.executable, str(TRANSFER / "transfer_table.py"), str(tmp_path / "loo-c"),
                           "--own-atp", f"c={tmp_path / 'own-c'}"], capture_output=True, text=True, check=True).stdout
     row = out.strip().splitlines()[-1]
     # 240 / 480 - 1 = -50.0 %; the strongest fixed rule is ATP (250): 240 / 250 - 1 = -4.0 %
@@ -44,7 +49,7 @@ def test_transfer_table_of_amplitudes_tuned_on_the_held_out_model(tmp_path):
                   "allocations": {name: {"final": {"wiki/test": v}} for name, v in final.items()}}}}
     (tmp_path / "loo-c").mkdir()
     (tmp_path / "loo-c" / "report.json").write_text(json.dumps(report))
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "transfer_table.py"), str(tmp_path / "loo-c")],
+    out = subprocess.run([sys.executable, str(TRANSFER / "transfer_table.py"), str(tmp_path / "loo-c")],
                          capture_output=True, text=True, check=True).stdout
     assert "Amplitude chosen on each held-out model's calib-next" in out
     # 225 / 480 - 1 = -53.1 %; strongest fixed rule ATP 250: -10.0 %; tuned ATP 240: -6.25 % -> -6.2 %
@@ -64,7 +69,7 @@ def test_amplitude_table_picks_on_the_tuning_text_and_reports_the_test_text(tmp_
     report = {"tune_spread": {"file_constant": 0.04, "chosen": 0.08, "chosen_on": "calib-next",
                               "grid": [{"value": v, **dict(zip(texts, values))} for v, *values in function]}}
     (tmp_path / "fn.json").write_text(json.dumps(report))
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "amplitude_table.py"), "--sparsity", "0.6",
+    out = subprocess.run([sys.executable, str(AMPLITUDE / "amplitude_table.py"), "--sparsity", "0.6",
                           f"c={tmp_path / 'cmp'},{tmp_path / 'fn.json'}@0.04", f"r={tmp_path / 'cmp'}@0.12"],
                          capture_output=True, text=True, check=True).stdout.strip().splitlines()
     # Function: chosen on calib-next 0.08 (240) -> test 88; file 0.04 -> 95. ATP: training 0.04 -> 100,
@@ -90,7 +95,7 @@ def test_seed_table_means_and_spreads_equal_a_hand_computation(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(json.dumps(report))
         folders.append(str(tmp_path / name))
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "seed_table.py"), *folders],
+    out = subprocess.run([sys.executable, str(SEARCH_MODES / "seed_table.py"), *folders],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     # fn: mean 175 / 240 / 270, population sd 5 / 10 / 10
     assert "| function (evolution) | 2 | 175.00 ± 5.00 (170.00-180.00) | 240.00 ± 10.00 (230.00-250.00) " \
@@ -115,7 +120,7 @@ def test_seed_table_of_a_held_out_target_uses_the_multi_model_score(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(json.dumps(report))
         folders.append(str(tmp_path / name))
-    script = [sys.executable, str(ROOT / "bench" / "seed_table.py"), *folders]
+    script = [sys.executable, str(SEARCH_MODES / "seed_table.py"), *folders]
     out = subprocess.run(script + ["--target", "c@0.6"], capture_output=True, text=True, check=True).stdout.splitlines()
     assert "| evo-1 | function (evolution) | 1 | -0.272 | 77.00 | 97.00 | 50 | 120 | 600 |" in out
     # evolution: scores -0.274, -0.272 -> mean -0.273, sd 0.001; tests 117, 97 -> mean 107, sd 10
@@ -140,7 +145,7 @@ def test_atp_selection_rules_equal_a_hand_computation(tmp_path):
         f"{m}@0.6": {"allocations": {"uniform": {"final": {"wiki/validation": u}}}} for m, u in uniform.items()}}
     (tmp_path / "loo").mkdir()
     (tmp_path / "loo" / "report.json").write_text(json.dumps(report))
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "atp_selection.py"), str(tmp_path / "loo"),
+    out = subprocess.run([sys.executable, str(TRANSFER / "atp_selection.py"), str(tmp_path / "loo"),
                           "--own-atp", *specs], capture_output=True, text=True, check=True).stdout.splitlines()
     # c held out, trained on a, b. Log ratios: 0.04 -> (-0.105, -0.051), 0.08 -> (-0.223, +0.039).
     # Mean: 0.04 -0.078, 0.08 -0.092 -> 0.08. Worst: 0.04 -0.051, 0.08 +0.039 -> 0.04.
@@ -148,7 +153,7 @@ def test_atp_selection_rules_equal_a_hand_computation(tmp_path):
 
 
 def test_amplitude_proxies_choose_as_a_hand_computation():
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(AMPLITUDE))
     from amplitude_proxy import proxy_choices
 
     # Two constants, 10 tokens per window. On calib-next's first 4 windows 0.08 is lower (sum 40 vs
@@ -182,7 +187,7 @@ def test_amplitude_z_keeps_the_training_constant_as_a_hand_computation(tmp_path)
     path.write_text(json.dumps({"model": "m", "sparsity": 0.7, "function": None, "tokens_per_window": 10, "rows": rows}))
 
     def table(z):
-        return subprocess.run([sys.executable, str(ROOT / "bench" / "amplitude_z.py"), f"{path}@0.12", "--z", z,
+        return subprocess.run([sys.executable, str(AMPLITUDE / "amplitude_z.py"), f"{path}@0.12", "--z", z,
                                "--texts", "calib-next"], capture_output=True, text=True, check=True).stdout.splitlines()[-1]
 
     e25, e3 = f"{math.exp(2.5):.2f}", f"{math.exp(3.0):.2f}"
@@ -206,7 +211,7 @@ def test_amplitude_z_on_a_search_report_recomputes_the_rule(tmp_path):
     path.write_text(json.dumps(report))
 
     def rows(z):
-        return subprocess.run([sys.executable, str(ROOT / "bench" / "amplitude_z.py"), str(path), "--z", z],
+        return subprocess.run([sys.executable, str(AMPLITUDE / "amplitude_z.py"), str(path), "--z", z],
                               capture_output=True, text=True, check=True).stdout.splitlines()[2:]
 
     assert rows("1.9") == ["| c 70 % (function) | 0.12: 200.00 | 0.08: 260.00 | -2.00 | **0.08: 260.00** | - |",
@@ -216,9 +221,9 @@ def test_amplitude_z_on_a_search_report_recomputes_the_rule(tmp_path):
 
 
 def test_guard_replay_reproduces_a_search_from_its_cache(bench, tmp_path):
-    """bench/guard_replay.py: rerun without the check, a depth-only search's checkpoint gives back its
+    """guard_replay.py: rerun without the check, a depth-only search's checkpoint gives back its
     own trajectory from the loss cache alone (no pruning); with the check, it reports what it rejected."""
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(TRANSFER))
     from guard_replay import replay
     from dsa.search import runner
     from dsa.search.evolution import SearchConfig
@@ -240,7 +245,7 @@ def test_guard_replay_reproduces_a_search_from_its_cache(bench, tmp_path):
 
 
 def test_paired_gap_pairs_windows_and_replays_atp_at_a_lambda(session):
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(TRANSFER))
     import paired_gap
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
             "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.12}}
@@ -264,9 +269,9 @@ def test_paired_gap_pairs_windows_and_replays_atp_at_a_lambda(session):
 
 
 def test_paired_gap_checks_its_baselines_before_loading_a_model():
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "paired_gap.py"), "--function", "missing.json",
+    out = subprocess.run([sys.executable, str(TRANSFER / "paired_gap.py"), "--function", "missing.json",
                           "--against", "atp"], capture_output=True, text=True)
     assert out.returncode == 2 and "atp:LAMBDA" in out.stderr
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "paired_gap.py"), "--function", "missing.json",
+    out = subprocess.run([sys.executable, str(TRANSFER / "paired_gap.py"), "--function", "missing.json",
                           "--against", "atp:0.12", "uniform"], capture_output=True, text=True)
     assert out.returncode == 1 and "missing file: missing.json" in out.stderr

@@ -1,6 +1,6 @@
 """Which ATP lambda two training models choose for a third, under the final pruner, by two rules.
 
-    python bench/atp_selection.py results/loo-qwen-60 results/loo-gemma-60 results/loo-smollm-60 \
+    python experiments/transfer/atp_selection.py results/loo-qwen-60 results/loo-gemma-60 results/loo-smollm-60 \
         --own-atp qwen2.5-0.5b=results/atp-own-qwen2.5-0.5b-60 gemma3-270m=results/atp-own-gemma3-270m-60 \
         smollm2-135m=results/atp-own-smollm2-135m-60
 

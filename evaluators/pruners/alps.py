@@ -52,6 +52,9 @@ from __future__ import annotations
 
 import torch
 
+from ..capture import InputStats
+from .base import NM, Pruner
+
 # --- ALPS constants, with their source in the official code (mazumder-lab/ALPS, alps.py) ------
 ALPS_DAMPING = 0.01           # ridge: fraction of mean(diag(H)) added to the diagonal (l. 86)
 ALPS_RHO_INIT = 0.1           # initial ADMM penalty: opt.py:124 and llama.py:121 pass rho=0.1
@@ -81,7 +84,7 @@ DEFAULT_OPTIONS = {
 }
 
 
-def _keep_mask(z: torch.Tensor, keep: int, nm: tuple[int, int] | None) -> torch.Tensor:
+def _keep_mask(z: torch.Tensor, keep: int, nm: NM) -> torch.Tensor:
     """Projection onto the constraint set, as a mask: the largest |z| (layer-wide or N of every M)."""
     mag = z * z
     if nm is not None:
@@ -128,8 +131,8 @@ def _support_cg(hess: torch.Tensor, rhs: torch.Tensor, x: torch.Tensor, mask: to
 
 
 @torch.no_grad()
-def alps_prune(weight: torch.Tensor, hessian: torch.Tensor, ratio: float,
-               nm: tuple[int, int] | None = None, **options) -> torch.Tensor:
+def alps_prune(weight: torch.Tensor, hessian: torch.Tensor, ratio: float, nm: NM = None,
+               **options) -> torch.Tensor:
     """Prune an nn.Linear weight (out x in) with ALPS; returns a new tensor, `weight` is untouched.
 
     hessian: X^T X over the calibration tokens (in x in); its scale does not matter.
@@ -139,43 +142,67 @@ def alps_prune(weight: torch.Tensor, hessian: torch.Tensor, ratio: float,
     options: override DEFAULT_OPTIONS (damping, rho, max_iter, update_every, min_iter,
         stop_change, pcg_iters, pcg_rtol).
     """
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown ALPS options: {sorted(unknown)}")
-    opt = {**DEFAULT_OPTIONS, **options}
+    opt = _options(options)
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
         raise ValueError(f"hessian shape {tuple(hessian.shape)} does not match {cols} inputs")
+    total = rows * cols
+    keep = _kept_count(rows, cols, ratio, nm)
+    if keep == total:
+        return weight.detach().clone()
+    if keep == 0:
+        return torch.zeros_like(weight)
+    H, scale, B0, rhs = _scaled_problem(weight, hessian, opt["damping"])
+    B = _admm(H, B0, rhs, keep, nm, opt)
+    # Final support: projection of the last B iterate; then refit the kept weights with CG.
+    mask = _keep_mask(B, keep, nm)
+    B = _support_cg(H, rhs, B * mask, mask, int(opt["pcg_iters"]), float(opt["pcg_rtol"]))
+    out = (B * mask) / scale[None, :]
+    return out.to(weight.dtype)
+
+
+def _options(options: dict) -> dict:
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown ALPS options: {sorted(unknown)}")
+    return {**DEFAULT_OPTIONS, **options}
+
+
+def _kept_count(rows: int, cols: int, ratio: float, nm: NM) -> int:
+    """How many weights of the layer stay: N/M of them, or all but round(ratio * rows * cols)."""
     total = rows * cols
     if nm is not None:
         n, m = nm
         if not 0 < n <= m or cols % m:
             raise ValueError(f"bad N:M pattern {nm} for {cols} inputs")
-        keep = total // m * n
-    else:
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-        keep = total - round(ratio * total)
-    if keep == total:
-        return weight.detach().clone()
-    if keep == 0:
-        return torch.zeros_like(weight)
+        return total // m * n
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    return total - round(ratio * total)
 
+
+def _scaled_problem(weight: torch.Tensor, hessian: torch.Tensor, damping: float):
+    """(H, scale, B0, rhs): the damped Hessian rescaled to unit diagonal, the column scales, the
+    scaled dense weights (the reconstruction target) and the gradient term B0 H.
+
+    Ridge damping, then the rescaling (and W by the inverse scales) - this is the diagonal
+    preconditioning that makes one rho fit every layer and plain CG converge fast.
+    """
     W = weight.detach().float()
     H = hessian.detach().to(W.device, torch.float32).clone()
-
-    # Ridge damping, then rescale H to unit diagonal (and W by the inverse scales) - this is the
-    # diagonal preconditioning that makes one rho fit every layer and plain CG converge fast.
-    damp = opt["damping"] * H.diagonal().mean().item()
+    damp = damping * H.diagonal().mean().item()
     H.diagonal().add_(damp if damp > 0 else 1.0)  # an all-zero H degrades to magnitude pruning
     scale = H.diagonal().sqrt() + ALPS_SCALE_EPS
     H = H / scale[:, None] / scale[None, :]
     B0 = W * scale[None, :]          # scaled dense weights: the reconstruction target
     rhs = B0 @ H                     # gradient term: f(B) = 1/2 tr(B H B^T) - tr(B rhs^T)
+    return H, scale, B0, rhs
 
+
+def _admm(H: torch.Tensor, B0: torch.Tensor, rhs: torch.Tensor, keep: int, nm: NM, opt: dict) -> torch.Tensor:
+    """ADMM with the paper's rho schedule; returns the last B iterate (its projection is the support)."""
     # One eigendecomposition (in float64, as the official code) serves every rho.
     eigvals, eigvecs = torch.linalg.eigh(H.double())
-
     rho = float(opt["rho"])
     inv = _ridge_inverse(eigvals, eigvecs, rho)
     mask = _keep_mask(B0, keep, nm)
@@ -193,31 +220,41 @@ def alps_prune(weight: torch.Tensor, hessian: torch.Tensor, ratio: float,
             continue
         change = int((mask != prev_mask).sum())
         frac = change / keep
-        if frac > ALPS_RHO_FAST[0]:
-            rho *= ALPS_RHO_FAST[1]             # support still moving a lot: pull B and D together
-            rho_grew = True
-        elif frac > ALPS_RHO_MID[0]:
-            rho *= ALPS_RHO_MID[1]
-            rho_grew = True
-        elif change > 0 and rho_grew:
-            rho *= ALPS_RHO_SLOW                # nearly settled: keep tightening, slowly
-        elif change > 0:
-            # A trickle of changes before rho ever grew: rho started too large and froze the
-            # support, so restart ADMM from the initial projection with a smaller rho.
-            rho /= ALPS_RHO_SHRINK
+        rho, rho_grew, step = _next_rho(rho, change, frac, rho_grew)
+        if step == "converged":
+            break
+        if step == "restart":
             B, D, V = B0, D_init.clone(), torch.zeros_like(B0)
-        elif rho_grew:
-            break                               # support unchanged after rho grew: converged
-        else:
-            rho /= ALPS_RHO_SHRINK              # frozen from the start: explore with a smaller rho
         prev_mask = mask
         rho = min(rho, ALPS_RHO_MAX)
         inv = _ridge_inverse(eigvals, eigvecs, rho)
         if it >= int(opt["min_iter"]) and frac < opt["stop_change"]:
             break
+    return B
 
-    # Final support: projection of the last B iterate; then refit the kept weights with CG.
-    mask = _keep_mask(B, keep, nm)
-    B = _support_cg(H, rhs, B * mask, mask, int(opt["pcg_iters"]), float(opt["pcg_rtol"]))
-    out = (B * mask) / scale[None, :]
-    return out.to(weight.dtype)
+
+def _next_rho(rho: float, change: int, frac: float, rho_grew: bool) -> tuple[float, bool, str]:
+    """The rho schedule, from how many kept entries changed since the last visit (`frac` of them).
+
+    Returns (rho, rho_grew, step); step "restart": rho started too large, so ADMM restarts from
+    the initial projection with the smaller rho; "converged": stop; "go": carry on.
+    """
+    if frac > ALPS_RHO_FAST[0]:
+        return rho * ALPS_RHO_FAST[1], True, "go"   # support still moving a lot: pull B and D together
+    if frac > ALPS_RHO_MID[0]:
+        return rho * ALPS_RHO_MID[1], True, "go"
+    if change > 0 and rho_grew:
+        return rho * ALPS_RHO_SLOW, True, "go"      # nearly settled: keep tightening, slowly
+    if change > 0:
+        # A trickle of changes before rho ever grew: rho started too large and froze the support.
+        return rho / ALPS_RHO_SHRINK, False, "restart"
+    if rho_grew:
+        return rho, True, "converged"               # support unchanged after rho grew
+    return rho / ALPS_RHO_SHRINK, False, "go"       # frozen from the start: explore with a smaller rho
+
+
+def prune_layer(weight: torch.Tensor, stats: InputStats, ratio: float, nm: NM) -> None:
+    weight.copy_(alps_prune(weight, stats.hessian, ratio, nm))
+
+
+ALPS = Pruner("alps", prune_layer=prune_layer, needs_hessian=True)

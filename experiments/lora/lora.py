@@ -1,8 +1,8 @@
 """LoRA recovery after pruning: perplexity before and after fine-tuning, and seconds per step.
 
-    python bench/lora.py --model smollm2-135m --sparsity 0.7 --allocation uniform --steps 60
-    python bench/lora.py --ratios-json results/owl70.json --steps 60   # ratios from apply.py --json
-    python bench/lora.py --function results/default70/best.json --steps 60  # a searched function
+    python experiments/lora/lora.py --model smollm2-135m --sparsity 0.7 --allocation uniform --steps 60
+    python experiments/lora/lora.py --ratios-json results/owl70.json --steps 60   # ratios from apply.py --json
+    python experiments/lora/lora.py --function results/default70/best.json --steps 60  # a searched function
 
 Prunes with faithful sequential Wanda (the final pruner of apply.py), measures wiki/test
 perplexity, fine-tunes LoRA adapters on C4 train windows (the first ones are the calibration
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 from dsa.allocation.allocate import baseline_ratios  # noqa: E402
 from dsa.functions.replay import function_ratios, load_function  # noqa: E402
 from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.data import token_windows  # noqa: E402
 from evaluators.lora import finetune_lora  # noqa: E402
 from evaluators.perplexity import perplexity  # noqa: E402
-from evaluators.pruning import zero_fraction  # noqa: E402
+from evaluators.pruners import zero_fraction  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
 from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
 

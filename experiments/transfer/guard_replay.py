@@ -1,6 +1,6 @@
 """Would a finished depth-only search have run differently with `--guard-check`?
 
-    python bench/guard_replay.py checkpoints/loo-gemma-70-g12 [checkpoints/...]
+    python experiments/transfer/guard_replay.py checkpoints/loo-gemma-70-g12 [checkpoints/...]
 
 Reruns each checkpointed search from scratch with the guard check on, answering every fitness
 from the checkpoint's own loss cache, to the generation the checkpoint reached: no model is loaded (a function of depth alone needs only
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from dsa.core.constants import alpha_eps_for  # noqa: E402
 from dsa.functions.genome import names_of  # noqa: E402
-from dsa.functions.pipeline import prefix_values  # noqa: E402
+from dsa.functions.pipeline import features_on  # noqa: E402
 from dsa.search import checkpoint, runner  # noqa: E402
 from dsa.search.evolution import Search, SearchState, Target  # noqa: E402
 from dsa.search.fitness import score  # noqa: E402
@@ -69,7 +69,7 @@ def replay(directory: Path, guard_check: bool = True) -> dict:
     for model in models:
         prefix = f"{model}|" if not single else ""
         n_blocks = next(len(v) for k, v in recorded.features.items() if k.startswith(prefix))
-        features = lambda node, n=n_blocks: prefix_values(node, _no_scores, n)  # noqa: E731
+        features = features_on(_no_scores, n_blocks)  # also takes the guards the check moves
         for sparsity in sparsities:  # equal blocks in every built-in model: ones weigh them as their sizes do
             targets.append(Target(model, sparsity, torch.ones(n_blocks, dtype=torch.float64), features,
                                   "" if single else f"{model}@{sparsity:g}|"))

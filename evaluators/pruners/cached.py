@@ -1,8 +1,10 @@
-"""Prune a loaded model in place at per-block ratios from cached score orders.
+"""The search's form of pruning: each row's lowest scores from cached score orders, incrementally.
 
 Every row of a matrix loses exactly round(ratio * in_features) weights, the lowest-scoring ones
-(Wanda compares weights per output row). The dense weights are kept so the next candidate
-starts from them without reloading the model.
+by the workbench's metric (Wanda |W_ij| * ||X_j|| on the dense model's activations, or magnitude;
+Wanda compares weights per output row). The dense weights are kept so the next candidate starts
+from them without reloading the model. As a final pruner this is Wanda's cached form and
+magnitude-row.
 """
 from __future__ import annotations
 
@@ -10,26 +12,14 @@ from typing import Sequence
 
 import torch
 
-from .calibration import layer_key
 from dsa.core.errors import UserError
-from .models import LoadedModel
-from .scores import nm_keep_mask, score_matrix
+from ..calibration import layer_key
+from ..models import LoadedModel
+from ..scores import nm_keep_mask, score_matrix
+from .base import NM, Pruner
 
 
-def parse_structure(text: str | None) -> tuple[int, int] | None:
-    """'2:4' -> (2, 4): keep N of every M consecutive input weights of a row."""
-    if not text or text == "unstructured":
-        return None
-    try:
-        n, m = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise UserError(f"bad structure {text!r}: use N:M such as 2:4, or 'unstructured'")
-    if not 0 < n < m:
-        raise UserError(f"bad structure {text!r}: N:M needs 0 < N < M")
-    return n, m
-
-
-class Pruner:
+class CachedPruner:
     def __init__(self, loaded: LoadedModel, orders: dict[str, torch.Tensor] | None,
                  norms: dict[str, torch.Tensor] | None = None, metric: str = "wanda"):
         self.loaded = loaded
@@ -97,32 +87,14 @@ class Pruner:
         self.mark_modified()
 
 
-@torch.no_grad()
-def prune_magnitude_per_matrix(loaded: LoadedModel, ratios: Sequence[float]) -> None:
-    """Magnitude pruning as the Wanda, OWL and AlphaPruning code does it: one threshold per matrix.
-
-    Each matrix of block i loses exactly round(ratios[i] * rows * cols) of its smallest |W_ij|
-    (ties broken by position), wherever they sit in their rows. (Their code zeroes every weight
-    at or below the int(r * n)-th smallest magnitude, the same set up to one weight and ties.)
-    """
-    for block in loaded.blocks:
-        ratio = float(ratios[block.index])
-        for layer in block.linears.values():
-            count = round(ratio * layer.weight.numel())
-            if count:
-                order = torch.argsort(layer.weight.abs().flatten(), stable=True)
-                layer.weight.view(-1)[order[:count]] = 0.0
+def prune_from_orders(cached: CachedPruner, ratios: Sequence[float], nm: NM) -> None:
+    """Per row from the cached orders, or N:M by the same scores."""
+    if nm:
+        cached.prune_n_m(*nm)
+    else:
+        cached.prune(list(ratios))
 
 
-def zero_fraction(loaded: LoadedModel) -> float:
-    """Zeros actually present over all prunable matrices (the achieved sparsity)."""
-    zeros = total = 0
-    for block in loaded.blocks:
-        for layer in block.linears.values():
-            zeros += (layer.weight == 0).sum().item()
-            total += layer.weight.numel()
-    return zeros / total
-
-
-def block_sizes(loaded: LoadedModel) -> torch.Tensor:
-    return torch.tensor([float(b.size) for b in loaded.blocks], dtype=torch.float64)
+# Wanda from the dense model's activations, as the search prunes (wanda_form "cached"); it prunes
+# by whatever metric the workbench's orders were sorted by.
+WANDA_CACHED = Pruner("wanda", prune_model=prune_from_orders)

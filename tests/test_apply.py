@@ -418,7 +418,7 @@ MALFORMED = [
     (function(post_op={"op": "x"}), "unknown post op"),
     (function(mapping={"kind": "evil", "eps": 0.3}), "map must be"),
     (function(mapping={"kind": "owl", "lambda": 0.123}), "not on the grid"),
-    (function(mapping={"kind": "owl", "lambda": True}), "finite number"),
+    (function(mapping={"kind": "owl", "lambda": True}), "must be a number"),
     ({**function(), "version": True}, "unsupported version True"),
     ({**function(), "version": 2}, "unsupported version 2"),
     ({**function(), "format": "pickle"}, "'format' must be"),

@@ -278,7 +278,7 @@ def test_sparsegpt_recipe_and_magnitude_refused(capsys, tmp_path):
     recipe = llmcompressor_recipe(["model.layers.0", "model.layers.1"], [0.4, 0.6], "sparsegpt")
     args = recipe["sparsity_stage"]["sparsity_modifiers"][MODIFIERS["sparsegpt"]]
     assert args["sparsity"] == [0.4, 0.6] and args["mask_structure"] == "0:0"
-    assert args["block_size"] == 128 and args["dampening_frac"] == 0.01  # as evaluators/sequential.py
+    assert args["block_size"] == 128 and args["dampening_frac"] == 0.01  # as evaluators/pruners/sequential.py
     path = tmp_path / "sparsegpt.yaml"
     code, _, err = run_main(capsys, "--pruner", "magnitude", "--export-llmcompressor", str(path))
     assert code == 2 and "wanda and sparsegpt" in err and len(err.strip().splitlines()) == 1

@@ -207,7 +207,9 @@ class Search:
             if model not in self.memos:
                 self.memos[model] = FeatureMemo(target.features, namespace=f"{model}|" if model else "")
                 self.memos[model].values = self.state.features
-                moved = target.moved_features or partial(target.features, guards=guards.MOVED_GUARDS)
+                moved = target.moved_features
+                if moved is None and target.features is not None:  # a Search that only breeds has none
+                    moved = partial(target.features, guards=guards.MOVED_GUARDS)
                 self.moved_memos[model] = FeatureMemo(moved, namespace=f"guards-moved|{model}|",
                                                       guards=guards.MOVED_GUARDS)
                 self.moved_memos[model].values = self.state.features

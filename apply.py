@@ -30,7 +30,7 @@ from dsa.core.paths import check_new_output_dir, check_output_file
 from dsa.core.errors import UserError, exits_cleanly
 from evaluators.pruners import parse_structure
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
-from evaluators.workbench import BenchConfig, check_text
+from evaluators.calibrated import ModelConfig, check_text
 from evaluators.zeroshot import ZeroShot
 
 DEFAULT_EVAL = ["wiki/validation", "wiki/test"]
@@ -50,7 +50,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """The model, the final pruner, the data and the device."""
-    defaults = BenchConfig()
+    defaults = ModelConfig()
     parser.add_argument("--model", default="smollm2-135m",
                         help="built-in alias (smollm2-135m, gemma3-270m, qwen2.5-0.5b), hub id, HF directory or .gguf file (default: %(default)s)")
     parser.add_argument("--pruner", choices=PRUNERS, default="wanda", help="final pruner (default: %(default)s)")
@@ -96,7 +96,7 @@ def _session(args) -> EvaluationSession:
     if args.seqlen < 2 or args.calib_windows < 1 or min(args.eval_windows, _atp_windows(args)) < 1 or args.batch_size < 1:
         raise UserError("--seqlen must be >= 2 and window counts and --batch-size >= 1")
     metric = "magnitude" if args.pruner.startswith("magnitude") else "wanda"
-    return EvaluationSession(BenchConfig(model=args.model, metric=metric, calib_text=args.calib,
+    return EvaluationSession(ModelConfig(model=args.model, metric=metric, calib_text=args.calib,
                                          calib_windows=args.calib_windows, seqlen=args.seqlen,
                                          batch_size=args.batch_size, device=args.device, dtype=args.dtype))
 
@@ -221,12 +221,12 @@ def run(args) -> dict:
     if result["tune_spread"]:
         _print_tuning(result["function"], result["tune_spread"])
     lora = _finetune(args, measurer, result["allocation"]) if args.finetune_lora else None
-    bench = measurer.session.bench
+    calibrated = measurer.session.calibrated
     report = {"model": args.model, "pruner": args.pruner, "wanda_form": args.wanda_form,
               "structure": args.structure or "unstructured", **result, "lora": lora,
-              "config": bench.config.as_dict() | {"eval_windows": args.eval_windows}}
+              "config": calibrated.config.as_dict() | {"eval_windows": args.eval_windows}}
     _print_result(args, report)
-    _write_outputs(args, report, bench, nm)
+    _write_outputs(args, report, calibrated, nm)
     report["wall_s"] = round(time.perf_counter() - start, 1)
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2))
@@ -245,18 +245,18 @@ def _print_result(args, report: dict) -> None:
     print(f"achieved sparsity {report['achieved_sparsity']:.5f} (target {args.sparsity})")
 
 
-def _write_outputs(args, report: dict, bench, nm) -> None:
+def _write_outputs(args, report: dict, calibrated, nm) -> None:
     """The pruned model (--save) and the llm-compressor recipe (--export-llmcompressor)."""
     label, ratios = report["allocation"], report["ratios"]
-    block_names = [block.name for block in bench.blocks]
+    block_names = [block.name for block in calibrated.blocks]
     if args.save:
         info = {"format": "dsa-pruned", "version": 1, "source_model": args.model, "allocation": label,
                 "function": report["function"], "sparsity": args.sparsity,
                 "achieved_sparsity": report["achieved_sparsity"], "ratios": ratios, "block_names": block_names,
                 "pruner": args.pruner, "wanda_form": args.wanda_form, "structure": args.structure or "unstructured",
-                "data": {k: bench.config.as_dict()[k] for k in ("calib_text", "calib_windows", "seqlen")},
+                "data": {k: calibrated.config.as_dict()[k] for k in ("calib_text", "calib_windows", "seqlen")},
                 "ppl": report["ppl"], "eval_windows": args.eval_windows}
-        report["saved_to"] = str(save_pruned(bench.loaded, args.save, info))
+        report["saved_to"] = str(save_pruned(calibrated.loaded, args.save, info))
         print(f"pruned model saved to {args.save} (AutoModelForCausalLM.from_pretrained loads it)")
     if args.export_llmcompressor:
         recipe = llmcompressor_recipe(block_names, ratios, args.pruner, nm)

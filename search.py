@@ -29,7 +29,7 @@ from dsa.search.runner import REPORT_BASELINES, RunConfig, run
 from dsa.core.paths import check_output_dir
 from dsa.core.errors import UserError, exits_cleanly
 from evaluators.session import OBJECTIVES
-from evaluators.workbench import BenchConfig
+from evaluators.calibrated import ModelConfig
 
 
 def _fraction(text: str) -> float:
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _models(g) -> None:
-    b, d = BenchConfig(), SearchConfig()
+    b, d = ModelConfig(), SearchConfig()
     g.add_argument("--model", default=b.model, help="built-in alias, hub id, HF directory or .gguf (default: %(default)s)")
     g.add_argument("--metric", choices=("wanda", "magnitude"), default=b.metric,
                    help="element-wise pruning score used to prune and as the search's operand (default: %(default)s)")
@@ -130,7 +130,7 @@ def _holdout(g) -> None:
 
 
 def _data(g) -> None:
-    b = BenchConfig()
+    b = ModelConfig()
     g.add_argument("--calib", default=b.calib_text, help="calibration text (default: %(default)s)")
     g.add_argument("--calib-windows", type=_positive, default=b.calib_windows, help="(default: %(default)s)")
     g.add_argument("--seqlen", type=_positive, default=b.seqlen, help="tokens per window (default: %(default)s)")
@@ -240,7 +240,7 @@ def config_from_args(args) -> RunConfig:
     models = tuple(dict.fromkeys(args.models or [args.model]))
     if set(models) & set(args.holdout):
         raise UserError(f"{sorted(set(models) & set(args.holdout))[0]} is both a training and a held-out model")
-    bench = BenchConfig(model=models[0], metric=args.metric, calib_text=args.calib, calib_windows=args.calib_windows,
+    model_config = ModelConfig(model=models[0], metric=args.metric, calib_text=args.calib, calib_windows=args.calib_windows,
                         seqlen=args.seqlen, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     search = SearchConfig(sparsity=args.sparsity, population=args.population, offspring=args.offspring,
                           promote=args.promote, generations=args.generations or SearchConfig.generations,
@@ -262,7 +262,7 @@ def config_from_args(args) -> RunConfig:
     name = args.name or time.strftime("%Y%m%d-%H%M%S") + suffix
     return RunConfig(fitness_text=args.fitness_text, objective=args.objective, report_texts=tuple(args.report_texts),
                      report_windows=args.report_windows, name=name, results_dir=args.results_dir,
-                     checkpoint_dir=args.checkpoint_dir, bench=bench, search=search,
+                     checkpoint_dir=args.checkpoint_dir, model_config=model_config, search=search,
                      models=models if len(models) > 1 else (), holdout=tuple(dict.fromkeys(args.holdout)),
                      final_pruner=args.final_pruner, rank_check=args.rank_check,
                      final_select=RunConfig.final_select if args.final_select is None else args.final_select,
@@ -274,6 +274,8 @@ def config_from_args(args) -> RunConfig:
 def resume_from(directory: str, generations: int | None) -> tuple[RunConfig, SearchState]:
     try:
         document = checkpoint.load(directory)
+        if isinstance(document, dict):
+            document["run"] = RunConfig.upgrade(document.get("run"))
         checkpoint.check_document(document, run=RunConfig(), state=SearchState())
         config = RunConfig.from_dict(document["run"])
         state = SearchState(**document["state"])

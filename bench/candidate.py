@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsa.functions.pipeline import features_on  # noqa: E402
 from dsa.search.evolution import Search, SearchConfig  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
+from evaluators.calibrated import ModelConfig, CalibratedModel  # noqa: E402
 
 
 def main():
@@ -32,9 +32,9 @@ def main():
                         help="also time full evaluations in --fitness-form sequential (a calibration pass each)")
     parser.add_argument("--out", default="results/bench_candidate.json")
     args = parser.parse_args()
-    bench = Workbench(BenchConfig(model=args.model))
-    session = EvaluationSession(bench, "wiki/validation", 4)
-    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, session.n_blocks), None)
+    calibrated = CalibratedModel(ModelConfig(model=args.model))
+    session = EvaluationSession(calibrated, "wiki/validation", 4)
+    search = Search(SearchConfig(), calibrated.sizes, features_on(session.block_matrices, session.n_blocks), None)
     random.seed(0)
     # Functions whose features are already memoised, as in a running search.
     pool = [search.random_individual() for _ in range(40)]
@@ -45,19 +45,19 @@ def main():
         forms.append(("full-sequential", [0, 1, 2, 3], "sequential", args.sequential_repeats))
     for label, indices, form, repeats in forms:
         windows = session.windows[indices]
-        bench.window_nll(windows)  # warm-up
+        calibrated.window_nll(windows)  # warm-up
         bare, costs = [], []
         # Interleaved, so drifts in machine load hit both alike. The bare pass runs on the model as
         # the previous candidate left it (a dense matmul costs the same with zeros in it), so each
         # candidate's re-prune is incremental, as in a running search.
         for ind in pool[:repeats]:
-            bare.append(_time(lambda: bench.window_nll(windows)))
+            bare.append(_time(lambda: calibrated.window_nll(windows)))
             ratios = search.ratios_of(ind)
             costs.append(_time(lambda: session.window_losses(ratios, indices, form)))
         bare = statistics.median(bare)
         result[label] = {"tokens": windows.numel(), "bare_forward_s": bare, "candidate_s": statistics.median(costs),
                          "ratio": statistics.median(costs) / bare}
-    bench.pruner.restore()
+    calibrated.pruner.restore()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig  # noqa: E402
+from evaluators.calibrated import ModelConfig  # noqa: E402
 
 
 def timed(work):
@@ -29,7 +29,7 @@ def timed(work):
 
 
 def measure(model: str, device: str, dtype: str, sparsity: float, text: str, windows: int) -> dict:
-    session, load_s = timed(lambda: EvaluationSession(BenchConfig(model=model, device=device, dtype=dtype)))
+    session, load_s = timed(lambda: EvaluationSession(ModelConfig(model=model, device=device, dtype=dtype)))
     ratios = [sparsity] * session.n_blocks
     dense, dense_s = timed(lambda: session.perplexities([text], windows)[text])
     session.prune_cached(ratios)

@@ -24,7 +24,7 @@ from evaluators import assets  # noqa: E402
 from evaluators.calibration import _measure_norms, sort_rows  # noqa: E402
 from evaluators.models import load_model  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig  # noqa: E402
+from evaluators.calibrated import ModelConfig  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -61,35 +61,35 @@ def main():
     parser.add_argument("--out", default="results/bench_pipeline.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    session = EvaluationSession(BenchConfig(model=args.model))  # warm caches
-    bench = session.bench
-    n = len(bench.blocks)
-    r = {"model": args.model, "threads": torch.get_num_threads(), "config": bench.config.as_dict()}
+    session = EvaluationSession(ModelConfig(model=args.model))  # warm caches
+    calibrated = session.calibrated
+    n = len(calibrated.blocks)
+    r = {"model": args.model, "threads": torch.get_num_threads(), "config": calibrated.config.as_dict()}
     r["load_first_s"] = first_load_seconds(args.model)
     r["load_cached_s"] = timed(lambda: load_model(args.model, device="cpu"), args.repeats)
-    r["calibration_s"] = timed(lambda: _measure_norms(bench.loaded, bench.calib, bench.config.batch_size), 3)
-    r["calibration_tokens"] = bench.calib.numel()
-    r["sort_scores_s"] = timed(lambda: sort_rows(bench.loaded, bench.norms, "wanda"), 3)
+    r["calibration_s"] = timed(lambda: _measure_norms(calibrated.loaded, calibrated.calib, calibrated.config.batch_size), 3)
+    r["calibration_tokens"] = calibrated.calib.numel()
+    r["sort_scores_s"] = timed(lambda: sort_rows(calibrated.loaded, calibrated.norms, "wanda"), 3)
     vectors = [(0.7 + 0.08 * (2 * torch.rand(n) - 1)).tolist() for _ in range(args.repeats + 1)]
     it = iter(vectors)
-    bench.pruner.prune(vectors[0])
-    r["reprune_incremental_s"] = timed(lambda: bench.pruner.prune(next(it)), args.repeats)
+    calibrated.pruner.prune(vectors[0])
+    r["reprune_incremental_s"] = timed(lambda: calibrated.pruner.prune(next(it)), args.repeats)
     def from_dense():
-        bench.pruner.restore()
-        bench.pruner.prune(vectors[0])
+        calibrated.pruner.restore()
+        calibrated.pruner.prune(vectors[0])
     r["reprune_from_dense_s"] = timed(from_dense, args.repeats)
-    val = bench.windows("wiki/validation", 4)
+    val = calibrated.windows("wiki/validation", 4)
     r["eval_tokens"] = val.numel()
-    r["eval_s"] = timed(lambda: bench.window_nll(val), args.repeats)
+    r["eval_s"] = timed(lambda: calibrated.window_nll(val), args.repeats)
     r["reprune_over_eval"] = r["reprune_incremental_s"] / r["eval_s"]
     gap = {}
     for sparsity in (0.5, 0.7):
         row = {}
         for form in ("cached", "sequential"):
             session.prune([sparsity] * n, "wanda", None, form)
-            row[form] = bench.perplexity("wiki/validation", 8)
+            row[form] = calibrated.perplexity("wiki/validation", 8)
         gap[str(sparsity)] = row
-    bench.pruner.restore()
+    calibrated.pruner.restore()
     r["wanda_cached_vs_sequential_val_ppl"] = gap
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(r, indent=2))

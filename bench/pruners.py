@@ -24,21 +24,21 @@ from evaluators.capture import InputStats, StopForward, raise_stop  # noqa: E402
 from evaluators.pruners.sparsegpt import sparsegpt_prune  # noqa: E402
 from evaluators.pruners.wanda import wanda_prune_rows  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig  # noqa: E402
+from evaluators.calibrated import ModelConfig  # noqa: E402
 
 
 def layer_inputs(session, block: int, name: str):
     """(dense weight, H = X^T X, X) of one layer, the forward stopped right after it."""
-    bench = session.bench
-    layer = bench.blocks[block].linears[name]
+    calibrated = session.calibrated
+    layer = calibrated.blocks[block].linears[name]
     stats, seen = InputStats(need_hessian=True), []
     handles = [layer.register_forward_hook(stats), layer.register_forward_hook(lambda m, i, o: seen.append(i[0])),
                layer.register_forward_hook(raise_stop)]
     try:
         with torch.no_grad():
-            for start in range(0, len(bench.calib), bench.config.batch_size):
+            for start in range(0, len(calibrated.calib), calibrated.config.batch_size):
                 try:
-                    bench.loaded.model(bench.calib[start:start + bench.config.batch_size], use_cache=False)
+                    calibrated.loaded.model(calibrated.calib[start:start + calibrated.config.batch_size], use_cache=False)
                 except StopForward:
                     pass
     finally:
@@ -108,7 +108,7 @@ def main():
     parser.add_argument("--out", default="results/bench_pruners.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    session = EvaluationSession(BenchConfig(model=args.model))
+    session = EvaluationSession(ModelConfig(model=args.model))
     layers = [] if args.skip_layers else [(3, "self_attn.k_proj"), (3, "mlp.up_proj")]
     result = {"model": args.model, "threads": args.threads, "layers": layer_rows(session, layers, args.ratios)}
     if args.model_ppl:

@@ -25,7 +25,7 @@ from dsa.search.evolution import Search, SearchConfig  # noqa: E402
 from dsa.distributed.pool import open_pool  # noqa: E402
 from dsa.functions.pipeline import features_on  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig  # noqa: E402
+from evaluators.calibrated import ModelConfig  # noqa: E402
 
 
 def allocations(session, count, seed=0):
@@ -75,7 +75,7 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu, cuda (Ray actors then take one GPU each)")
     parser.add_argument("--out", default="results/bench_workers.json")
     args = parser.parse_args()
-    config = BenchConfig(model=args.model, device=args.device)
+    config = ModelConfig(model=args.model, device=args.device)
     ratios = allocations(EvaluationSession(config), args.candidates)
     jobs = {"screen": [(r, [0]) for r in ratios], "full": [(r, [0, 1, 2, 3]) for r in ratios]}
     result = {"model": args.model, "device": args.device, "candidates": args.candidates,

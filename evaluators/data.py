@@ -6,7 +6,7 @@ A text is named `source/split`:
 - online through `datasets`: `wikitext2/{train,validation,test}`, `c4-online/{train,validation}`;
 - any local text file path;
 - `calib-next` (CALIB_NEXT): the calibration text's windows that follow the calibration windows,
-  same source, never calibrated on, never validation or test (see `Workbench.windows`).
+  same source, never calibrated on, never validation or test (see `CalibratedModel.windows`).
 
 Windows are consecutive, non-overlapping chunks of `seqlen` tokens from the start of the text, so
 the same arguments always give the same tokens.

@@ -7,28 +7,28 @@ import pytest
 import torch
 
 from evaluators.session import EvaluationSession
-from evaluators.workbench import BenchConfig, Workbench
+from evaluators.calibrated import ModelConfig, CalibratedModel
 
-TEST_CONFIG = BenchConfig(model="smollm2-135m", calib_windows=4, seqlen=256, batch_size=4)
+TEST_CONFIG = ModelConfig(model="smollm2-135m", calib_windows=4, seqlen=256, batch_size=4)
 
 
 @pytest.fixture(scope="session")
-def bench() -> Workbench:
+def calibrated() -> CalibratedModel:
     torch.manual_seed(0)
-    bench = Workbench(TEST_CONFIG)
-    yield bench
-    bench.pruner.restore()
+    calibrated = CalibratedModel(TEST_CONFIG)
+    yield calibrated
+    calibrated.pruner.restore()
 
 
 @pytest.fixture
-def dense_bench(bench) -> Workbench:
-    """The shared workbench, guaranteed dense before and after the test."""
-    bench.pruner.restore()
-    yield bench
-    bench.pruner.restore()
+def dense_calibrated(calibrated) -> CalibratedModel:
+    """The shared calibrated model, guaranteed dense before and after the test."""
+    calibrated.pruner.restore()
+    yield calibrated
+    calibrated.pruner.restore()
 
 
 @pytest.fixture
-def session(dense_bench) -> EvaluationSession:
-    """An evaluation session on the shared (dense) workbench."""
-    return EvaluationSession(dense_bench)
+def session(dense_calibrated) -> EvaluationSession:
+    """An evaluation session on the shared (dense) calibrated model."""
+    return EvaluationSession(dense_calibrated)

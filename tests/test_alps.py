@@ -2,7 +2,7 @@
 
 The layer is block 3's self_attn.k_proj (192 x 576): the smallest matrix of the block, so ALPS
 runs with its faithful default constants in about a second on one core. Its inputs are the
-1024 calibration tokens of the shared workbench (4 windows x 256), taken from the dense model.
+1024 calibration tokens of the shared calibrated model (4 windows x 256), taken from the dense model.
 """
 import pytest
 import torch
@@ -15,11 +15,11 @@ BLOCK, LAYER = 3, "self_attn.k_proj"
 
 
 @pytest.fixture(scope="module")
-def layer_data(bench):
+def layer_data(calibrated):
     """(dense weight, calibration inputs X) of the layer; the forward stops right after it."""
-    if "pruner" in bench.__dict__:  # another test may have left the shared model pruned
-        bench.pruner.restore()
-    layer = bench.blocks[BLOCK].linears[LAYER]
+    if "pruner" in calibrated.__dict__:  # another test may have left the shared model pruned
+        calibrated.pruner.restore()
+    layer = calibrated.blocks[BLOCK].linears[LAYER]
     seen = []
 
     def hook(module, inputs, output):
@@ -29,9 +29,9 @@ def layer_data(bench):
     handle = layer.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            for start in range(0, len(bench.calib), bench.config.batch_size):
+            for start in range(0, len(calibrated.calib), calibrated.config.batch_size):
                 try:
-                    bench.loaded.model(bench.calib[start:start + bench.config.batch_size].to(bench.loaded.device),
+                    calibrated.loaded.model(calibrated.calib[start:start + calibrated.config.batch_size].to(calibrated.loaded.device),
                                        use_cache=False)
                 except StopForward:
                     pass

@@ -2,7 +2,7 @@
 the pruned model, the llm-compressor recipe, zero-shot accuracy through lm-eval, 2:4, show, diff,
 and hostile function files.
 
-The model runs go through apply.main in-process on the session workbench (one model load for
+The model runs go through apply.main in-process on the session calibrated model (one model load for
 the whole suite); the hostile files run apply.py as a subprocess, as a user would.
 """
 import csv
@@ -122,8 +122,8 @@ def choice_loglikelihoods(model, tokenizer, context: str, choices: list[str]) ->
 
 
 @pytest.fixture(scope="module")
-def applied(bench, tmp_path_factory):
-    """apply.py run --function ... --save --export-llmcompressor --eval-zero-shot, on the shared bench.
+def applied(calibrated, tmp_path_factory):
+    """apply.py run --function ... --save --export-llmcompressor --eval-zero-shot, on the shared calibrated.
 
     Wanda from the cached dense scores keeps this quick; the sequential (faithful) path runs in
     test_two_four_valid and tests/test_pruning.py.
@@ -137,28 +137,28 @@ def applied(bench, tmp_path_factory):
     fn_path = write_function(tmp / "best.json", FUNCTION)
     out = {"save": tmp / "pruned", "recipe": tmp / "recipe.yaml", "json": tmp / "report.json"}
     patch = pytest.MonkeyPatch()
-    patch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
-    bench.pruner.restore()
+    patch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
+    calibrated.pruner.restore()
     try:
         apply.main(["run", "--function", str(fn_path), "--sparsity", str(SPARSITY), "--wanda-form", "cached",
                     "--eval", "wiki/test", "--eval-windows", "2", "--json", str(out["json"]),
                     "--save", str(out["save"]), "--export-llmcompressor", str(out["recipe"]),
                     "--eval-zero-shot", "dsa_tiny_facts", "--tasks-dir", str(tasks)])
-        # what the pruned model in memory is now, before any other test touches the bench
-        out["zeros"] = zero_counts(bench.loaded.model)
-        out["own_choices"] = [choice_loglikelihoods(bench.loaded.model, bench.loaded.tokenizer, q, c)
+        # what the pruned model in memory is now, before any other test touches the calibrated
+        out["zeros"] = zero_counts(calibrated.loaded.model)
+        out["own_choices"] = [choice_loglikelihoods(calibrated.loaded.model, calibrated.loaded.tokenizer, q, c)
                               for q, c, _ in FACTS]
     finally:
         patch.undo()
-        bench.pruner.restore()
+        calibrated.pruner.restore()
     out["report"] = json.loads(out["json"].read_text())
     return out
 
 
-def test_function_against_uniform(applied, bench):
+def test_function_against_uniform(applied, calibrated):
     report = applied["report"]
     ratios, uniform = report["ratios"], report["uniform"]["ratios"]
-    assert len(ratios) == len(uniform) == len(bench.blocks) == 30
+    assert len(ratios) == len(uniform) == len(calibrated.blocks) == 30
     assert max(ratios) - min(ratios) > 0.1  # the function does allocate
     assert all(r == pytest.approx(SPARSITY, abs=1e-12) for r in uniform)
     for achieved in (report["achieved_sparsity"], report["uniform"]["achieved_sparsity"]):
@@ -168,7 +168,7 @@ def test_function_against_uniform(applied, bench):
     assert fn_ppl != uni_ppl
 
 
-def test_saved_model_reloads_identically(applied, bench):
+def test_saved_model_reloads_identically(applied, calibrated):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = applied["save"]
@@ -177,22 +177,22 @@ def test_saved_model_reloads_identically(applied, bench):
     report = applied["report"]
     assert info["function"] == FUNCTION and info["pruner"] == "wanda" and info["sparsity"] == SPARSITY
     assert info["ratios"] == report["ratios"] and info["achieved_sparsity"] == report["achieved_sparsity"]
-    config = bench.config
+    config = calibrated.config
     assert info["data"] == {"calib_text": config.calib_text, "calib_windows": config.calib_windows, "seqlen": config.seqlen}
 
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model.eval()
     assert zero_counts(model) == applied["zeros"]
-    assert sum(applied["zeros"].values()) > 0.49 * sum(b.size for b in bench.blocks)
-    windows = bench.windows("wiki/test", 2)
-    text = bench.loaded.tokenizer.decode(windows[0])
-    assert tokenizer(text).input_ids == bench.loaded.tokenizer(text).input_ids
+    assert sum(applied["zeros"].values()) > 0.49 * sum(b.size for b in calibrated.blocks)
+    windows = calibrated.windows("wiki/test", 2)
+    text = calibrated.loaded.tokenizer.decode(windows[0])
+    assert tokenizer(text).input_ids == calibrated.loaded.tokenizer(text).input_ids
     ppl = math.exp(window_nll(model, windows, 2).sum().item() / (windows.numel() - len(windows)))
     assert ppl == pytest.approx(report["ppl"]["wiki/test"], rel=1e-6)
 
 
-def test_llmcompressor_recipe_carries_the_ratios(applied, bench):
+def test_llmcompressor_recipe_carries_the_ratios(applied, calibrated):
     import yaml
 
     text = applied["recipe"].read_text()
@@ -201,10 +201,10 @@ def test_llmcompressor_recipe_carries_the_ratios(applied, bench):
     assert name == "WandaPruningModifier" and args["mask_structure"] == "0:0"
     assert args["sparsity"] == applied["report"]["ratios"]  # exact floats, one per block, in order
     pattern = args["targets"][0].removeprefix("re:")
-    matched = [n for n, _ in bench.loaded.model.named_modules() if re.match(pattern, n)]
-    assert matched == [b.name for b in bench.blocks]
+    matched = [n for n, _ in calibrated.loaded.model.named_modules() if re.match(pattern, n)]
+    assert matched == [b.name for b in calibrated.blocks]
     assert "re:.*lm_head" in args["ignore"]
-    _validate_with_llmcompressor(applied["recipe"], "WandaPruningModifier", args["sparsity"], len(bench.blocks))
+    _validate_with_llmcompressor(applied["recipe"], "WandaPruningModifier", args["sparsity"], len(calibrated.blocks))
 
 
 LLMC_CHECK = """
@@ -249,29 +249,29 @@ def test_zero_shot_matches_own_loglikelihoods(applied):
 # ---------------------------------------------------------------- 2:4
 
 
-def test_two_four_valid(bench, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+def test_two_four_valid(calibrated, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
     fn_path = write_function(tmp_path / "f.json", WEIGHT_STD)
-    bench.pruner.restore()
+    calibrated.pruner.restore()
     try:  # sequential Wanda, the default: activations through the pruned blocks
         code, out, err = run_main(capsys, "--function", str(fn_path), "--structure", "2:4",
                                   "--eval", "wiki/test", "--eval-windows", "1", "--json", str(tmp_path / "r.json"),
                                   "--export-llmcompressor", str(tmp_path / "recipe.json"))
         assert code == 0, err
-        for block in bench.blocks:
+        for block in calibrated.blocks:
             for name, layer in block.linears.items():
                 kept = (layer.weight != 0).view(layer.out_features, -1, 4).sum(dim=-1)
                 assert (kept <= 2).all(), f"{block.name}.{name}"
                 assert (kept == 2).float().mean() > 0.999, f"{block.name}.{name}"
     finally:
-        bench.pruner.restore()
+        calibrated.pruner.restore()
     report = json.loads((tmp_path / "r.json").read_text())
     assert abs(report["achieved_sparsity"] - 0.5) < 1e-3 and report["uniform_ppl"] is None
     assert "no uniform comparison" in err
     name, args = recipe_sparsities(json.loads((tmp_path / "recipe.json").read_text()))
     assert name == "WandaPruningModifier" and args["mask_structure"] == "2:4"
-    assert args["sparsity"] == [0.5] * len(bench.blocks)
-    _validate_with_llmcompressor(tmp_path / "recipe.json", "WandaPruningModifier", args["sparsity"], len(bench.blocks))
+    assert args["sparsity"] == [0.5] * len(calibrated.blocks)
+    _validate_with_llmcompressor(tmp_path / "recipe.json", "WandaPruningModifier", args["sparsity"], len(calibrated.blocks))
 
 
 def test_sparsegpt_recipe_and_magnitude_refused(capsys, tmp_path):
@@ -357,8 +357,8 @@ def test_diff_tells_different_formulas(capsys, tmp_path, first, second):
     assert code == 1 and "same formula: no" in out
 
 
-def test_diff_ratios_on_model(bench, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+def test_diff_ratios_on_model(calibrated, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
     # exp(mean(log|W|)): float32 logs then a float64 mean, against geomean's float64 logs
     log_mean_exp = write_function(tmp_path / "lme.json", function(pre_ops=["log"], tr=["exp"], operand="weight"))
     geomean = write_function(tmp_path / "geomean.json", function(red="geomean", operand="weight"))
@@ -372,10 +372,10 @@ def test_diff_ratios_on_model(bench, capsys, monkeypatch, tmp_path):
     assert code == 1 and "same formula: no" in out and "same ratios on smollm2-135m at 0.7: no" in out and gap > 0.01
 
 
-def test_show_on_model_tells_whether_a_function_reads_a_guard(bench, capsys, monkeypatch, tmp_path):
+def test_show_on_model_tells_whether_a_function_reads_a_guard(calibrated, capsys, monkeypatch, tmp_path):
     """`show --model` moves the ops' guards and says whether the ratios move: the boundary rule
     log|tanh(d)| (block 0's value is the log's floor) does, a ramp of depth and a score statistic do not."""
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
     depth = {"operand": "depth", "pre": [], "reduction": "mean"}
     cases = {"boundary": ({**function(), "importance": depth, "transform": ["tanh"], "post": "log"}, True),
              "ramp": ({**function(), "importance": depth, "transform": ["tanh"], "post": "noop"}, False),
@@ -464,18 +464,18 @@ def test_too_large_file_and_bad_flags(capsys, tmp_path):
 # ---------------------------------------------------------------- compare
 
 
-def test_compare_chooses_atp_on_validation_and_records_its_grid(bench, capsys, monkeypatch, tmp_path):
+def test_compare_chooses_atp_on_validation_and_records_its_grid(calibrated, capsys, monkeypatch, tmp_path):
     """`apply.py compare` with ATP: every grid point is pruned and measured on the validation text;
     the chosen step is the grid's lowest, the table's ATP row is that same pruned model, and the
     grid lands in atp.json and under the table."""
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
     out = tmp_path / "cmp"
     try:
         code, stdout, err = run_main(capsys, "compare", "--sparsity", "0.7", "--allocations", "uniform", "atp",
                                      "--wanda-form", "cached", "--eval", "wiki/validation", "--eval-windows", "1",
                                      "--out", str(out))
     finally:
-        bench.pruner.restore()
+        calibrated.pruner.restore()
     assert code == 0, err
     choice = json.loads((out / "atp.json").read_text())["0.7"]
     grid = choice["grid"]
@@ -496,14 +496,14 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeypatch, tmp_path):
+def test_tune_spread_gives_the_depth_ramp_atps_own_choice(calibrated, capsys, monkeypatch, tmp_path):
     """`--tune-spread` on ATP's ramp as a function file (depth through DSA's map) prunes every
     lambda of ATP's grid and keeps the lowest on the validation text: the grid's perplexities are
     `compare --allocations atp`'s, the chosen lambda is ATP's, and the report keeps the tuned file."""
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
             "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.04}}
     path = write_function(tmp_path / "ramp.json", json.dumps(ramp))
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
     fast = ("--sparsity", "0.7", "--wanda-form", "cached", "--eval", "wiki/validation", "--eval-windows", "1")
     try:
         code, _, err = run_main(capsys, "--function", str(path), "--tune-spread", "--no-uniform", *fast,
@@ -512,7 +512,7 @@ def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeyp
         code_atp, _, err_atp = run_main(capsys, "compare", "--allocations", "atp", *fast, "--out", str(tmp_path / "cmp"))
         assert code_atp == 0, err_atp
     finally:
-        bench.pruner.restore()
+        calibrated.pruner.restore()
     report = json.loads((tmp_path / "tuned.json").read_text())
     tuning = report["tune_spread"]
     atp = json.loads((tmp_path / "cmp" / "atp.json").read_text())["0.7"]
@@ -526,17 +526,17 @@ def test_tune_spread_gives_the_depth_ramp_atps_own_choice(bench, capsys, monkeyp
     assert report["ppl"]["wiki/validation"] == pytest.approx(best["wiki/validation"], rel=1e-9)
     assert f"dsa map constant {best['value']:g} chosen on wiki/validation" in err
     # The dense row is the unpruned model's, not the last grid point's.
-    bench.pruner.restore()
-    assert report["dense_ppl"]["wiki/validation"] == pytest.approx(bench.perplexity("wiki/validation", 1), rel=1e-9)
+    calibrated.pruner.restore()
+    assert report["dense_ppl"]["wiki/validation"] == pytest.approx(calibrated.perplexity("wiki/validation", 1), rel=1e-9)
     assert report["dense_ppl"]["wiki/validation"] < 0.5 * min(row["wiki/validation"] for row in tuning["grid"])
 
 
-def test_atp_windows_measure_the_choosing_texts_alone(bench, capsys, monkeypatch, tmp_path):
+def test_atp_windows_measure_the_choosing_texts_alone(calibrated, capsys, monkeypatch, tmp_path):
     """`--atp-text calib-next ptb/train --atp-windows 3`: each grid point's choosing texts are measured
     on 3 windows, the reported texts on --eval-windows (a choosing text that is also reported keeps
     its 3-window value); the step chosen is the lowest geometric mean of the two perplexities."""
     calls = []
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
     for method in ("perplexities", "window_log_perplexities"):
         measure = getattr(EvaluationSession, method)
         monkeypatch.setattr(EvaluationSession, method,
@@ -557,14 +557,14 @@ def test_atp_windows_measure_the_choosing_texts_alone(bench, capsys, monkeypatch
         assert atp["step"] == min(atp["grid"], key=lambda row: row[both])["step"]
         assert f"chosen on {both}" in err
         last = atp["grid"][-1]
-        EvaluationSession(bench).prune_cached(baseline_ratios("atp", bench, 0.7, BaselineOptions(atp_step=last["step"]))[0])
-        assert last["calib-next"] == pytest.approx(bench.perplexity("calib-next", 3), rel=1e-9)
-        assert last["ptb/train"] == pytest.approx(bench.perplexity("ptb/train", 3), rel=1e-9)
+        EvaluationSession(calibrated).prune_cached(baseline_ratios("atp", calibrated, 0.7, BaselineOptions(atp_step=last["step"]))[0])
+        assert last["calib-next"] == pytest.approx(calibrated.perplexity("calib-next", 3), rel=1e-9)
+        assert last["ptb/train"] == pytest.approx(calibrated.perplexity("ptb/train", 3), rel=1e-9)
     finally:
-        bench.pruner.restore()
+        calibrated.pruner.restore()
 
 
-def test_tune_z_keeps_the_files_constant_unless_clearly_beaten(bench, capsys, monkeypatch, tmp_path):
+def test_tune_z_keeps_the_files_constant_unless_clearly_beaten(calibrated, capsys, monkeypatch, tmp_path):
     """`--tune-spread --tune-z Z`: the file's own constant (0.1, off ATP's grid, so measured too)
     is the reference; the grid's lowest replaces it only when the paired per-window test puts it
     more than Z standard errors lower. Z = 1e6 always keeps it; Z = 0.001 takes the lowest when
@@ -572,7 +572,7 @@ def test_tune_z_keeps_the_files_constant_unless_clearly_beaten(bench, capsys, mo
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
             "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.1}}
     path = write_function(tmp_path / "ramp.json", json.dumps(ramp))
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(bench))
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
     fast = ("--sparsity", "0.7", "--wanda-form", "cached", "--no-uniform", "--atp-text", "calib-next",
             "--atp-windows", "3", "--eval", "wiki/validation", "--eval-windows", "1")
     reports = {}
@@ -583,7 +583,7 @@ def test_tune_z_keeps_the_files_constant_unless_clearly_beaten(bench, capsys, mo
             assert code == 0, err
             reports[z] = json.loads((tmp_path / f"z{z}.json").read_text())
     finally:
-        bench.pruner.restore()
+        calibrated.pruner.restore()
     strict, loose = reports["1e6"]["tune_spread"], reports["0.001"]["tune_spread"]
     assert [row["value"] for row in strict["grid"]] == [0.04, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25]
     lowest = min(strict["grid"], key=lambda row: row["calib-next"])

@@ -9,7 +9,7 @@ from dsa.distributed.pool import RayPool
 from evaluators.assets import cache_dir
 from evaluators.models import default_device_dtype
 from evaluators.session import EvaluationSession
-from evaluators.workbench import Workbench
+from evaluators.calibrated import CalibratedModel
 
 from conftest import TEST_CONFIG
 
@@ -17,8 +17,8 @@ from conftest import TEST_CONFIG
 def test_bfloat16_on_cpu_end_to_end(session):
     """Calibration, sequential Wanda and perplexity in bf16 stay within a few percent of float32."""
     fp32 = session
-    bf16 = EvaluationSession(Workbench(dataclasses.replace(TEST_CONFIG, dtype="bfloat16")))
-    assert next(bf16.bench.loaded.model.parameters()).dtype == torch.bfloat16
+    bf16 = EvaluationSession(CalibratedModel(dataclasses.replace(TEST_CONFIG, dtype="bfloat16")))
+    assert next(bf16.calibrated.loaded.model.parameters()).dtype == torch.bfloat16
     n = fp32.n_blocks
     results = {}
     for name, s in (("fp32", fp32), ("bf16", bf16)):

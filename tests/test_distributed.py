@@ -32,7 +32,7 @@ NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}  # one core each: two
 
 
 def tiny_config(tmp_path, name):
-    return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, bench=TEST_CONFIG,
+    return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, model_config=TEST_CONFIG,
                             results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
                             search=TINY, rank_check=0, report_baselines=("uniform",))
 
@@ -147,7 +147,7 @@ def test_more_workers_than_cores_is_refused(two_nodes):
         RayPool.start(args, 3, None, "cpu")
 
 
-def test_jobs_reach_the_workers_holding_their_model(two_nodes, bench):
+def test_jobs_reach_the_workers_holding_their_model(two_nodes, calibrated):
     """Two models, one actor each: every routed job is answered by an actor holding its model."""
     other = str(cache_dir() / "models" / TEST_CONFIG.model)  # the same weights under a second name
     args = {m: (dataclasses.replace(TEST_CONFIG, model=m), "wiki/validation", 1, "ppl") for m in (TEST_CONFIG.model, other)}

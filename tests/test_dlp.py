@@ -123,12 +123,12 @@ def test_precomputed_metric_and_errors():
         dlp_ratios(HAND_BLOCKS, EQUAL, 0.7, alpha=-0.1, statistic="median")
 
 
-def test_real_model_at_70_percent(bench):
-    n_blocks = len(bench.blocks)
-    scores = [bench.block_scores(i) for i in range(n_blocks)]
-    ratios, metric = dlp_ratios(scores, bench.sizes, 0.7)
+def test_real_model_at_70_percent(calibrated):
+    n_blocks = len(calibrated.blocks)
+    scores = [calibrated.block_scores(i) for i in range(n_blocks)]
+    ratios, metric = dlp_ratios(scores, calibrated.sizes, 0.7)
     assert ratios.numel() == n_blocks == 30
-    assert_budget(ratios, bench.sizes, 0.7)
+    assert_budget(ratios, calibrated.sizes, 0.7)
     assert float(ratios.max() - ratios.min()) > 0.05
     assert float(ratios.max() - ratios.min()) <= 0.3 + 1e-9
     assert torch.equal(torch.argsort(ratios, stable=True), torch.argsort(metric, stable=True))

@@ -220,7 +220,7 @@ def test_amplitude_z_on_a_search_report_recomputes_the_rule(tmp_path):
                            "| c 70 % (ATP) | 0.12: 230.00 | 0.08: 300.00 | -2.00 | **0.12: 230.00** | - |"]
 
 
-def test_guard_replay_reproduces_a_search_from_its_cache(bench, tmp_path):
+def test_guard_replay_reproduces_a_search_from_its_cache(calibrated, tmp_path):
     """guard_replay.py: rerun without the check, a depth-only search's checkpoint gives back its
     own trajectory from the loss cache alone (no pruning); with the check, it reports what it rejected."""
     sys.path.insert(0, str(TRANSFER))
@@ -231,9 +231,9 @@ def test_guard_replay_reproduces_a_search_from_its_cache(bench, tmp_path):
 
     search = SearchConfig(population=4, offspring=6, promote=2, generations=3, fitness_windows=2, screen_windows=1,
                           seed=5, operands=("depth",))
-    config = runner.RunConfig(name="depth", bench=TEST_CONFIG, search=search, results_dir=str(tmp_path / "results"),
+    config = runner.RunConfig(name="depth", model_config=TEST_CONFIG, search=search, results_dir=str(tmp_path / "results"),
                               checkpoint_dir=str(tmp_path / "checkpoints"))
-    assert runner.run(config, bench=bench, stop_after=2) is None
+    assert runner.run(config, calibrated=calibrated, stop_after=2) is None
     same = replay(tmp_path / "checkpoints" / "depth", guard_check=False)
     assert same == {"run": str(tmp_path / "checkpoints" / "depth"), "guard_readers": 0, "diverged": None,
                     "generations": 2, "same_best": True, "same_history": True}

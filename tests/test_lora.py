@@ -1,6 +1,6 @@
 """LoRA recovery after pruning, on the real SmolLM2-135M: zeros kept, loss lowered, resumable.
 
-The shared workbench's model is pruned, deep-copied and restored at once; only the copies are
+The shared calibrated model is pruned, deep-copied and restored at once; only the copies are
 fine-tuned, so no PEFT wrapper or changed weight reaches the other tests.
 """
 import copy
@@ -16,11 +16,11 @@ from evaluators.perplexity import window_nll  # noqa: E402
 
 
 @pytest.fixture
-def pruned_copy(dense_bench):
+def pruned_copy(dense_calibrated):
     """A copy of the model pruned at 70 % in every block (the shared model is dense again)."""
-    dense_bench.pruner.prune([0.7] * len(dense_bench.blocks))
-    model = copy.deepcopy(dense_bench.loaded.model)
-    dense_bench.pruner.restore()
+    dense_calibrated.pruner.prune([0.7] * len(dense_calibrated.blocks))
+    model = copy.deepcopy(dense_calibrated.loaded.model)
+    dense_calibrated.pruner.restore()
     return model
 
 
@@ -32,9 +32,9 @@ def _weights(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_zeros_kept_and_loss_lowered(bench, pruned_copy):
+def test_zeros_kept_and_loss_lowered(calibrated, pruned_copy):
     model = pruned_copy
-    windows = bench.calib[:, :64]  # 4 windows, batch 2: steps 1-2 and 5-6 see the same windows
+    windows = calibrated.calib[:, :64]  # 4 windows, batch 2: steps 1-2 and 5-6 see the same windows
     masks = _masks(model)
     linears = {name: model.get_submodule(name) for name in masks}
     before = window_nll(model, windows, 4).sum().item()
@@ -59,8 +59,8 @@ def test_zeros_kept_and_loss_lowered(bench, pruned_copy):
     assert after < before * 0.95, (before, after)
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(bench, pruned_copy, tmp_path):
-    windows = bench.calib[:2, :32]
+def test_interrupted_then_resumed_equals_uninterrupted(calibrated, pruned_copy, tmp_path):
+    windows = calibrated.calib[:2, :32]
     kwargs = dict(lr=1e-3, batch_size=1, target=["q_proj", "v_proj"], seed=3, progress=False)
     start = _weights(pruned_copy)
 

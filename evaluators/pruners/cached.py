@@ -1,7 +1,7 @@
 """The search's form of pruning: each row's lowest scores from cached score orders, incrementally.
 
 Every row of a matrix loses exactly round(ratio * in_features) weights, the lowest-scoring ones
-by the workbench's metric (Wanda |W_ij| * ||X_j|| on the dense model's activations, or magnitude;
+by the calibrated model's metric (Wanda |W_ij| * ||X_j|| on the dense model's activations, or magnitude;
 Wanda compares weights per output row). The dense weights are kept so the next candidate starts
 from them without reloading the model. As a final pruner this is Wanda's cached form and
 magnitude-row.
@@ -96,5 +96,5 @@ def prune_from_orders(cached: CachedPruner, ratios: Sequence[float], nm: NM) -> 
 
 
 # Wanda from the dense model's activations, as the search prunes (wanda_form "cached"); it prunes
-# by whatever metric the workbench's orders were sorted by.
+# by whatever metric the calibrated model's orders were sorted by.
 WANDA_CACHED = Pruner("wanda", prune_model=prune_from_orders)

@@ -28,7 +28,7 @@ def prune_magnitude_per_matrix(loaded: LoadedModel, ratios: Sequence[float]) -> 
 
 
 def prune_per_matrix(cached: CachedPruner, ratios: Sequence[float], nm: NM) -> None:
-    """N:M goes by the cached pruner's scores per group (magnitude when the workbench's metric is)."""
+    """N:M goes by the cached pruner's scores per group (magnitude when the calibrated model's metric is)."""
     if nm:
         cached.prune_n_m(*nm)
         return

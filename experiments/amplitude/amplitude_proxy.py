@@ -27,13 +27,13 @@ from dsa.functions.files import with_map_constant  # noqa: E402
 from dsa.functions.replay import amplitude_grid, function_ratios, load_function  # noqa: E402
 from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig  # noqa: E402
+from evaluators.calibrated import ModelConfig  # noqa: E402
 
 
 def grid_allocations(session, sparsity: float, function: dict | None) -> list[tuple[float, list[float]]]:
     """(constant, ratios) for each valid point of the amplitude grid."""
     if function is None:
-        return [(lam, baseline_ratios("atp", session.bench, sparsity, BaselineOptions(atp_step=step))[0])
+        return [(lam, baseline_ratios("atp", session.calibrated, sparsity, BaselineOptions(atp_step=step))[0])
                 for lam, step in atp_grid(session.n_blocks, sparsity, ATP_LAMBDAS)]
     points = []
     for value in amplitude_grid(function):
@@ -100,10 +100,10 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    session = EvaluationSession(BenchConfig(model=args.model, calib_windows=args.calib_windows))
-    proxy = session.bench.windows("calib-next", args.proxy_windows)
-    extras = {text: session.bench.windows(text, args.proxy_windows) for text in args.extra_texts}
-    report = session.bench.windows(args.report_text, args.report_windows)
+    session = EvaluationSession(ModelConfig(model=args.model, calib_windows=args.calib_windows))
+    proxy = session.calibrated.windows("calib-next", args.proxy_windows)
+    extras = {text: session.calibrated.windows(text, args.proxy_windows) for text in args.extra_texts}
+    report = session.calibrated.windows(args.report_text, args.report_windows)
     tokens = proxy.shape[1] - 1
     dense = [session._logprobs(w) for w in proxy[:args.kl_windows]]
     function = load_function(args.function) if args.function else None

@@ -32,7 +32,7 @@ from dsa.search.evolution import Search, SearchConfig  # noqa: E402
 from dsa.protocol.score import spearman  # noqa: E402
 from dsa.core.storage import atomic_write_text  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig  # noqa: E402
+from evaluators.calibrated import ModelConfig  # noqa: E402
 
 
 def candidates(search: Search, count: int) -> dict[str, list[float]]:
@@ -108,7 +108,7 @@ def main():
                                    args.promote, args.screen, args.draws), indent=2))
         return
     torch.set_num_threads(args.threads)
-    session = EvaluationSession(BenchConfig(model=args.model), "wiki/validation", args.windows)
+    session = EvaluationSession(ModelConfig(model=args.model), "wiki/validation", args.windows)
     search = Search(SearchConfig(sparsity=args.sparsity), session.sizes,
                     features_on(session.block_matrices, session.n_blocks), evaluator=None)
     allocations = candidates(search, args.candidates)

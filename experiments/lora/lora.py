@@ -29,7 +29,7 @@ from evaluators.lora import finetune_lora  # noqa: E402
 from evaluators.perplexity import perplexity  # noqa: E402
 from evaluators.pruners import zero_fraction  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig, Workbench  # noqa: E402
+from evaluators.calibrated import ModelConfig, CalibratedModel  # noqa: E402
 
 
 def main():
@@ -57,8 +57,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    bench = Workbench(BenchConfig(model=args.model))
-    session = EvaluationSession(bench)
+    calibrated = CalibratedModel(ModelConfig(model=args.model))
+    session = EvaluationSession(calibrated)
     if args.ratios_json:
         data = json.loads(Path(args.ratios_json).read_text())
         ratios = [float(r) for r in (data["ratios"] if isinstance(data, dict) else data)]
@@ -68,13 +68,13 @@ def main():
                                     session.sizes, args.sparsity)
         label = args.function
     else:
-        ratios, _ = baseline_ratios(args.allocation, bench, args.sparsity)
+        ratios, _ = baseline_ratios(args.allocation, calibrated, args.sparsity)
         label = args.allocation
-    evaluate = bench.windows(args.eval_text, args.eval_windows)
-    model = bench.loaded.model
+    evaluate = calibrated.windows(args.eval_text, args.eval_windows)
+    model = calibrated.loaded.model
 
     def ppl(m):
-        return perplexity(m, evaluate, bench.config.batch_size, progress=f"ppl {args.eval_text}")
+        return perplexity(m, evaluate, calibrated.config.batch_size, progress=f"ppl {args.eval_text}")
 
     dense = ppl(model)
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def main():
     before = ppl(model)
     print(f"{label} {args.pruner}: sparsity {achieved:.4f}, {args.eval_text} ppl dense {dense:.2f}, pruned {before:.2f}")
 
-    train = token_windows(bench.loaded.tokenizer, "c4/train", args.seqlen, args.train_windows)
+    train = token_windows(calibrated.loaded.tokenizer, "c4/train", args.seqlen, args.train_windows)
     pruned = copy.deepcopy(model) if args.unmasked else None
     options = dict(rank=args.rank, alpha=args.alpha, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,19 +91,19 @@ def main():
         start = time.perf_counter()
         stats = finetune_lora(model, train, args.steps, checkpoint_dir=checkpoints, **options)
         total_s = time.perf_counter() - start
-        bench.pruner.mark_modified()  # the weights changed outside the pruner
+        calibrated.pruner.mark_modified()  # the weights changed outside the pruner
         unmasked = None
         if pruned is not None:  # resumes at the last step: the same adapters, merged densely
             finetune_lora(pruned, train, args.steps, checkpoint_dir=checkpoints, remask=False, progress=False, **options)
             unmasked = ppl(pruned)
             del pruned
     after = ppl(model)
-    kept = zero_fraction(bench.loaded)
+    kept = zero_fraction(calibrated.loaded)
     new_steps = stats["seconds_per_step"][stats["resumed_from"]:]
     result = {
         "model": args.model, "allocation": label, "pruner": args.pruner, "sparsity": args.sparsity,
         "achieved_sparsity": achieved, "sparsity_after": kept, "eval_text": args.eval_text,
-        "eval_windows": args.eval_windows, "eval_seqlen": bench.config.seqlen,
+        "eval_windows": args.eval_windows, "eval_seqlen": calibrated.config.seqlen,
         "ppl_dense": dense, "ppl_pruned": before, "ppl_lora": after, "ppl_lora_unmasked": unmasked,
         "steps": args.steps, "resumed_from": stats["resumed_from"], "seqlen": args.seqlen,
         "batch_size": args.batch_size, "train_windows": args.train_windows, "rank": args.rank,
@@ -115,7 +115,7 @@ def main():
         "finetune_seconds": total_s, "prune_seconds": prune_s,
         "losses": stats["losses"], "seconds_per_step": stats["seconds_per_step"],
     }
-    bench.pruner.restore()
+    calibrated.pruner.restore()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("losses", "seconds_per_step")}, indent=2))

@@ -33,7 +33,7 @@ from dsa.protocol.amplitude import paired_z  # noqa: E402
 from dsa.functions.replay import function_ratios, load_function  # noqa: E402
 from dsa.core.errors import UserError  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
-from evaluators.workbench import BenchConfig  # noqa: E402
+from evaluators.calibrated import ModelConfig  # noqa: E402
 
 
 def baseline_spec(spec: str) -> str:
@@ -58,7 +58,7 @@ def allocation(spec: str, session: EvaluationSession, sparsity: float, pruner: s
             raise UserError(f"{spec}: ATP's spread {lam:g} is not legal at {sparsity:.0%} on this model")
         options = dataclasses.replace(options, atp_step=steps[0])
         spec = "atp"
-    return baseline_ratios(spec, session.bench, sparsity, options)[0]
+    return baseline_ratios(spec, session.calibrated, sparsity, options)[0]
 
 
 def measure(session: EvaluationSession, document: dict, against: list[str], sparsity: float, pruner: str,
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
         parser.error("a paired test needs at least 2 windows")
     try:
         document = load_function(args.function)  # a bad file fails before the model loads
-        session = EvaluationSession(BenchConfig(model=args.model, calib_text=args.calib, calib_windows=args.calib_windows))
+        session = EvaluationSession(ModelConfig(model=args.model, calib_text=args.calib, calib_windows=args.calib_windows))
         logppl = measure(session, document, args.against, args.sparsity, args.pruner, args.text, args.windows)
     except UserError as err:
         sys.exit(f"error: {err}")

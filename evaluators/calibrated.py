@@ -22,7 +22,7 @@ from .scores import score_matrix
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class ModelConfig:
     """What defines the evaluation setting; every field is a command-line flag."""
 
     model: str = "smollm2-135m"
@@ -38,12 +38,12 @@ class BenchConfig:
         return asdict(self)
 
 
-def check_config(config: BenchConfig, here: bool = True) -> None:
+def check_config(config: ModelConfig, here: bool = True) -> None:
     """Refuse a bad setting in one line before anything is loaded, or any Ray worker started.
 
     `here`: the model will load on this machine, so its device must exist here and the model and
     text paths are this machine's. Otherwise (a Ray cluster) only the names are checked; each
-    worker checks the rest on its own machine (Workbench does)."""
+    worker checks the rest on its own machine (CalibratedModel does)."""
     if config.metric not in ("wanda", "magnitude"):
         raise UserError(f"unknown metric {config.metric!r}: use wanda or magnitude")
     check_device(config.device, here)
@@ -91,8 +91,10 @@ def check_text(name: str) -> None:
     load_text(name)
 
 
-class Workbench:
-    def __init__(self, config: BenchConfig):
+class CalibratedModel:
+    """One model loaded and calibrated once: its cached pruner, dense weights and text windows."""
+
+    def __init__(self, config: ModelConfig):
         check_config(config)  # here, where the model loads: its device, paths and texts
         self.config = config
         self.loaded = load_model(config.model, config.device, config.dtype)

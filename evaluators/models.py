@@ -113,7 +113,7 @@ def _hf_dir_from_gguf(gguf: Path, key: str) -> Path:
     """Convert a GGUF file once into a float safetensors HF directory (seconds to reload)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = assets.cache_dir() / "models" / key
+    target = converted_dir(key)
     if _converted_is_sound(target):
         return target
     if target.exists():
@@ -141,8 +141,13 @@ def _first_conversion_lock(key: str) -> FileLock:
     return FileLock(str(folder / f"{key}.lock"))
 
 
+def converted_dir(key: str) -> Path:
+    """Where a GGUF (a built-in alias's, or a file's under its key) is converted to once."""
+    return assets.cache_dir() / "models" / key
+
+
 def _builtin_dir(alias: str) -> Path:
-    target = assets.cache_dir() / "models" / alias
+    target = converted_dir(alias)
     if _converted_is_sound(target):
         return target
     with _first_conversion_lock(alias):
@@ -150,7 +155,7 @@ def _builtin_dir(alias: str) -> Path:
 
 
 def _assemble_and_convert(alias: str) -> Path:
-    target = assets.cache_dir() / "models" / alias
+    target = converted_dir(alias)
     if _converted_is_sound(target):  # another process finished while we waited
         return target
     gguf_dir = assets.cache_dir() / "gguf"
@@ -225,6 +230,35 @@ def _load_pretrained(source, local: bool, dtype):
         raise UserError(f"no network and not cached: {source} (the hub at {_hub_endpoint()} is unreachable)")
     try:
         return load(False)
+    except OSError as err:
+        raise UserError(f"no network and not cached: {source} ({str(err).splitlines()[0][:160]})")
+
+
+def load_config(spec: str):
+    """The model's transformers config alone, no weight read: a built-in's converted directory's
+    (converting it first if it never was), a .gguf file's header, a directory's config.json, or
+    the hub's (local cache first)."""
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    if spec in assets.BUILTIN_MODELS:
+        converted = converted_dir(spec)
+        source, local, extra = (converted if (converted / "config.json").is_file() else resolve(spec)[0]), True, {}
+    elif spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"missing file: {spec}")
+        source, local, extra = path.resolve().parent, True, {"gguf_file": path.name}
+    else:
+        (source, local), extra = resolve(spec), {}
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True, **extra)
+    except Exception as err:
+        if local:
+            raise UserError(f"could not read the configuration of {spec}: {str(err).splitlines()[0][:160]}")
+    if not _hub_reachable():
+        raise UserError(f"no network and not cached: {source} (the hub at {_hub_endpoint()} is unreachable)")
+    try:
+        return AutoConfig.from_pretrained(source)
     except OSError as err:
         raise UserError(f"no network and not cached: {source} ({str(err).splitlines()[0][:160]})")
 

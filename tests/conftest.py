@@ -32,3 +32,16 @@ def dense_calibrated(calibrated) -> CalibratedModel:
 def session(dense_calibrated) -> EvaluationSession:
     """An evaluation session on the shared (dense) calibrated model."""
     return EvaluationSession(dense_calibrated)
+
+
+def run_main(capsys, *argv):
+    """apply.main in-process: (exit code, stdout, stderr)."""
+    import apply
+
+    try:
+        apply.main(list(argv))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

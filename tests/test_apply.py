@@ -21,9 +21,11 @@ import torch
 from sympy.core.function import AppliedUndef
 
 import apply
+from conftest import run_main
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios
 from dsa.outputs.export import MODIFIERS, llmcompressor_recipe, recipe_sparsities
 from dsa.functions.files import importance_expr, simplified_expr
+from dsa.functions.replay import function_ratios, load_function
 from evaluators.session import EvaluationSession
 from evaluators.models import find_blocks
 from evaluators.perplexity import window_nll
@@ -84,17 +86,6 @@ def function(pre_ops=(), red="mean", tr=(), post_op="noop", operand="wanda", map
     return {"format": "dsa-function", "version": 1,
             "importance": {"operand": operand, "pre": list(pre_ops), "reduction": red},
             "transform": list(tr), "post": post_op, "map": mapping or {"kind": "owl", "lambda": 0.08}}
-
-
-def run_main(capsys, *argv):
-    """apply.main in-process: (exit code, stdout, stderr)."""
-    try:
-        apply.main(list(argv))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def zero_counts(model) -> dict[str, int]:
@@ -417,7 +408,7 @@ MALFORMED = [
     (function(red=["var"]), "unknown reduction ['var']"),                 # unhashable where a name belongs
     (function(post_op={"op": "x"}), "unknown post op"),
     (function(mapping={"kind": "evil", "eps": 0.3}), "map must be"),
-    (function(mapping={"kind": "owl", "lambda": 0.123}), "not on the grid"),
+    (function(mapping={"kind": "owl", "lambda": 0.7}), "outside [0.0, 0.5]"),
     (function(mapping={"kind": "owl", "lambda": True}), "must be a number"),
     ({**function(), "version": True}, "unsupported version True"),
     ({**function(), "version": 2}, "unsupported version 2"),
@@ -600,3 +591,91 @@ def test_tune_z_keeps_the_files_constant_unless_clearly_beaten(calibrated, capsy
     assert strict["chosen"] == 0.1 and reports["1e6"]["function"]["map"] == {"kind": "dsa", "lambda": 0.1}
     assert loose["chosen"] == (lowest["value"] if z < -0.001 else 0.1)
     assert reports["0.001"]["function"]["map"]["lambda"] == loose["chosen"]
+
+
+def test_compare_measures_a_function_beside_the_baselines_and_pairs_them(calibrated, capsys, monkeypatch, tmp_path):
+    """`compare --function tanh-ramp-70 --paired`: the function's row is in the baselines' table,
+    pruned with the same pruner and measured on the same windows; paired.json holds every window's
+    log-perplexity, and its statistic is the mean per-window log-ratio, its standard error and the
+    windows won, recomputed here by hand; the function's windows are its own ratios' prune."""
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
+    out = tmp_path / "cmp"
+    try:
+        code, stdout, err = run_main(capsys, "compare", "--sparsity", "0.7", "--allocations", "uniform",
+                                     "--function", "tanh-ramp-70", "--paired", "--wanda-form", "cached",
+                                     "--eval", "wiki/test", "--eval-windows", "4", "--out", str(out))
+        assert code == 0, err
+        rows = {row["method"]: row for row in csv_rows(out / "table.csv")}
+        paired = json.loads((out / "paired.json").read_text())
+        session = EvaluationSession(calibrated)
+        ratios, _ = function_ratios(load_function("tanh-ramp-70"), session.block_matrices, session.n_blocks,
+                                    session.sizes, 0.7)
+        session.prune(ratios, "wanda", wanda_form="cached")
+        own = session.window_log_perplexities(["wiki/test"], 4)["wiki/test"]
+    finally:
+        calibrated.pruner.restore()
+    assert sorted(rows) == ["tanh-ramp-70", "uniform"]
+    for row in rows.values():
+        assert abs(float(row["achieved"]) - 0.7) < 2e-3
+    function, uniform = paired["window_log_ppl"]["tanh-ramp-70@0.7"]["wiki/test"], paired["window_log_ppl"]["uniform@0.7"]["wiki/test"]
+    assert function == pytest.approx(own, rel=1e-12) and len(function) == len(uniform) == 4
+    row, = paired["rows"]
+    assert (row["function"], row["against"], row["text"], row["windows"]) == ("tanh-ramp-70", "uniform", "wiki/test", 4)
+    diffs = [f - u for f, u in zip(function, uniform)]
+    mean = sum(diffs) / 4
+    error = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3 / 4)
+    assert row["difference"] == pytest.approx(mean, rel=1e-12) and row["standard_error"] == pytest.approx(error, rel=1e-12)
+    assert row["z"] == pytest.approx(mean / error, rel=1e-12) and row["windows_lower"] == sum(d < 0 for d in diffs)
+    assert float(rows["tanh-ramp-70"]["wiki/test"]) == pytest.approx(math.exp(sum(function) / 4), rel=1e-12)
+    assert row["against_perplexity"] == pytest.approx(float(rows["uniform"]["wiki/test"]), rel=1e-12)
+    assert "| 70% | tanh-ramp-70 | uniform | wiki/test |" in (out / "paired.md").read_text()
+    # the depth ramp beats uniform at 70 % on every window (measured: 218 vs 387, z = -10.9)
+    assert 100 < row["perplexity"] < 0.8 * row["against_perplexity"] < 800 and row["z"] < -3 and row["windows_lower"] == 4
+    assert "tanh-ramp-70" in (out / "table.md").read_text() and "tanh-ramp-70" in stdout
+
+
+def test_compare_paired_needs_functions_and_windows(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(apply, "_session", lambda args: pytest.fail("a model was loaded"))
+    for argv in (["--paired"], ["--paired", "--function", "tanh-ramp-70", "--eval-windows", "1"]):
+        code, _, err = run_main(capsys, "compare", "--allocations", "uniform", "--out", str(tmp_path / "c"), *argv)
+        assert code == 2 and "--paired tests each --function" in err and not (tmp_path / "c").exists()
+    code, _, err = run_main(capsys, "compare", "--function", "tanh-ramp-70", "tanh-ramp-70", "--out", str(tmp_path / "c"))
+    assert code == 2 and "given twice" in err
+
+
+# ---------------------------------------------------------------- options
+
+
+def option_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if re.match(r"\s+-", line)]
+
+
+@pytest.mark.parametrize("command", apply.COMMANDS)
+def test_help_lists_at_most_20_options_and_help_all_every_one(capsys, monkeypatch, command):
+    """--help shows the options most runs change (at most 20 lines, whatever the terminal's width);
+    --help-all shows every option and exits 0; the hidden ones are still accepted."""
+    for columns in ("60", "80", "200"):
+        monkeypatch.setenv("COLUMNS", columns)
+        code, short, _ = run_main(capsys, command, "--help")
+        assert code == 0 and len(option_lines(short)) <= 20, (command, columns, option_lines(short))
+    code, full, _ = run_main(capsys, command, "--help-all")
+    assert code == 0 and len(option_lines(full)) >= len(option_lines(short))
+    parser = apply.build_parser(show_all=True)
+    subparser = next(a for a in parser._actions if isinstance(a, apply.argparse._SubParsersAction)).choices[command]
+    formatter = subparser._get_formatter()
+    for action in subparser._actions:
+        assert action.help is None or len(formatter._expand_help(action)) <= 200, action.option_strings
+        shown = all(flag in full for flag in action.option_strings)
+        assert shown, action.option_strings  # --help-all lists every option
+    if command == "run":
+        assert "--owl-m" in full and "--owl-m" not in short and "--lora-rank" not in short
+        assert "(default: 0.7)" in short  # the sparsity
+
+
+def test_show_and_diff_refuse_pruning_options(capsys, tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(FUNCTION))
+    for argv in (["show", str(path)], ["diff", str(path), str(path)]):
+        for option in (["--pruner", "wanda"], ["--eval-windows", "2"], ["--owl-m", "5"], ["--atp-text", "ptb/train"]):
+            code, _, err = run_main(capsys, *argv, *option)
+            assert code == 2 and "unrecognized arguments" in err, (argv, option)

@@ -76,9 +76,16 @@ def run_search(capsys, *argv):
     (("--cxpb", "7"), "not a probability"), (("--mutpb", "nan"), "not a probability"),
     (("--name", "../x"), "bad run name"), (("--name", "a/b"), "bad run name"), (("--name", "."), "bad run name"),
     (("--resume", ""), "--resume needs the checkpoint directory"),
-    (("--per-block", "--random-search"), "choose one"),
-    (("--final-select", "1"), "K >= 2"), (("--per-block", "--final-select", "3"), "a per-block search has none"),
-    (("--per-block", "--operands", "depth"), "a per-block search reads none"),
+    (("--final-select", "1"), "K >= 2"), (("--mode", "per-block", "--final-select", "3"), "a per-block search has none"),
+    (("--mode", "per-block", "--operands", "depth"), "drop --operands"),
+    (("--preset", "per-block", "--set", "search.random_search=true"), "drop --mode random"),
+    (("--preset", "transfer", "--mode", "per-block"), "drop --models"),
+    (("--preset", "nope"), "invalid choice"),
+    (("--set", "search.popul=3"), "unknown setting 'popul'"), (("--set", "search.population=true"), "must be an integer"),
+    (("--set", "population"), "write KEY=VALUE"), (("--set", "search.sparsity=1.5"), "sparsities must be in (0, 1)"),
+    (("--set", "search.operands=[\"depht\"]"), "'depht' is not one of"),
+    (("--config", "no/such.json"), "missing file: --config no/such.json"),
+    (("--resume", "checkpoints/x", "--population", "3"), "drop --population"),
     (("--holdout-tune", "calib-next"), "give them with --holdout"),
     (("--holdout", "gemma3-270m", "--holdout-tune", "calib-next", "ptb/test"), "--holdout-tune ptb/test is a report text"),
     (("--holdout", "gemma3-270m", "--holdout-tune-z", "2"), "give its texts too"),
@@ -89,6 +96,63 @@ def run_search(capsys, *argv):
 def test_search_options_refused_before_any_work(capsys, argv, message):
     code, line = run_search(capsys, *argv)
     assert code == 2 and message in line
+
+
+def test_paper_preset_is_the_papers_protocol_and_refused_offline(capsys, monkeypatch, tmp_path):
+    import socket
+
+    import search
+
+    config = search.config_from_args(search.build_parser().parse_args(["--preset", "paper"]))
+    assert (config.model_config.seqlen, config.model_config.calib_windows) == (2048, 128)
+    assert config.model_config.calib_text == "c4-online/train" and config.report_texts == ("wikitext2/test",)
+    assert config.fitness_text == "wikitext2/validation"
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)  # as on a machine without the hub
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    code, line = run_search(capsys, "--preset", "paper", "--workers", "0", "--checkpoint-dir", str(tmp_path / "c"),
+                            "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and "cannot reach" in line and "Hugging Face hub" in line
+    assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+
+
+def test_presets_layer_under_flags_and_set():
+    """defaults < preset < --config < flags < --set; transfer is the checked protocol."""
+    import search
+
+    def config(*argv):
+        return search.config_from_args(search.build_parser().parse_args(list(argv)))
+
+    transfer = config("--preset", "transfer")
+    assert transfer.model_names() == ("smollm2-135m", "gemma3-270m") and transfer.holdout == ("qwen2.5-0.5b",)
+    assert transfer.search.operands == ("depth",) and transfer.search.guard_check
+    assert transfer.holdout_tune == ("calib-next", "ptb/train") and transfer.holdout_tune_z == 2.0
+    assert config("--preset", "transfer", "--sparsity", "0.6").search.sparsity == 0.6
+    assert config("--preset", "transfer", "--model", "gemma3-270m").model_names() == ("gemma3-270m",)
+    assert config("--population", "5", "--set", "search.population=6").search.population == 6
+    random_run = config("--mode", "random")
+    assert random_run.search.random_search and random_run.search.mode == "function" and random_run.name.endswith("-random")
+    assert config("--preset", "per-block").search.mode == "per-block"
+    assert config() == config("--preset", "quick", "--name", config().name)
+
+
+def test_help_lists_at_most_twenty_options(capsys):
+    import search
+
+    def options(*argv):
+        with pytest.raises(SystemExit):
+            search.main(list(argv))
+        return [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("-")]
+
+    everyday = options("--help")
+    assert len(everyday) <= 20 and any("--preset" in line for line in everyday)
+    search.main(["--help-all"])
+    every = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("-")]
+    assert len(every) > 40 and any("--fitness-windows" in line for line in every)
+    assert len(options("report", "--help")) <= 20
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -370,7 +370,7 @@ def test_function_files_with_map_dsa_and_depth_round_trip():
     same, _ = same_formula(floored, DSA_PUBLISHED)
     assert not same  # ln|x| with 0 -> 0 is not ln|x| floored at ln(tiny)
     for mapping, reason in (({"kind": "dsa", "eps": 0.2}, "map must be"),
-                            ({"kind": "dsa", "lambda": 0.123}, "not on the grid"),
+                            ({"kind": "dsa", "lambda": 0.51}, "outside"),
                             ({"kind": "alpha", "lambda": 0.2}, "map must be")):
         with pytest.raises(FunctionError, match=reason):
             to_names({**document, "map": mapping})

@@ -7,7 +7,7 @@ import torch
 
 from dsa.core.errors import UserError
 from dsa.functions import library
-from dsa.functions.files import importance_expr
+from dsa.functions.files import FunctionError, importance_expr
 from dsa.functions.replay import function_ratios, load_function
 
 
@@ -45,3 +45,16 @@ def test_a_note_is_free_text_within_a_limit(tmp_path):
         load_function(path)
     with pytest.raises(UserError, match="missing file"):
         load_function("no-such-function")
+
+
+def test_any_lambda_of_the_maps_range_replays_off_the_search_grid():
+    """mean(d) under DSA's map at lambda 0.1234 (not on the grid) is ATP's ramp at that lambda:
+    S + 2 lambda (d - 1/2) on 30 equal blocks, d = i / 29."""
+    n, lam = 30, 0.1234
+    ramp = {**load_function("tanh-ramp-70"), "importance": {"operand": "depth", "pre": [], "reduction": "mean"},
+            "transform": [], "map": {"kind": "dsa", "lambda": lam}}
+    ratios, _ = function_ratios(ramp, None, n, torch.ones(n, dtype=torch.float64), 0.7)
+    assert ratios == pytest.approx([0.7 + 2 * lam * (i / (n - 1) - 0.5) for i in range(n)], abs=1e-12)
+    for bad, reason in ((0.5001, "outside"), (0.1234567, "6 significant digits")):
+        with pytest.raises(FunctionError, match=reason):
+            function_ratios({**ramp, "map": {"kind": "dsa", "lambda": bad}}, None, n, torch.ones(n), 0.7)

@@ -93,7 +93,7 @@ def earlier_run(tmp_path: Path, name: str = "base") -> tuple[Path, Path]:
     return ckpt, results
 
 
-@pytest.mark.parametrize("mode", [[], ["--per-block"]])
+@pytest.mark.parametrize("mode", [[], ["--mode", "per-block"]])
 def test_a_fresh_search_under_an_existing_name_is_refused(capsys, tmp_path, no_model, mode):
     ckpt, results = earlier_run(tmp_path)
     before = snapshot(tmp_path)
@@ -138,6 +138,20 @@ def test_resume_is_not_refused_by_its_own_name(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(search, "run", started)
     with pytest.raises(Started):
         search.main(["--resume", str(ckpt / "base"), "--workers", "0"])
+
+
+def test_a_checkpoint_written_before_model_config_was_named_resumes(capsys, tmp_path, monkeypatch):
+    """Checkpoints before 2026-12-06 hold the model settings under "bench"."""
+    ckpt, _ = earlier_run(tmp_path)
+    path = ckpt / "base" / "state.json"
+    document = json.loads(path.read_text())
+    document["run"]["bench"] = document["run"].pop("model_config")
+    path.write_text(json.dumps(document))
+    seen = []
+    monkeypatch.setattr(search, "run", lambda config, state, **kwargs: seen.append(config.model_config.seqlen))
+    monkeypatch.setattr(search, "print_summary", lambda config, report: None)
+    search.main(["--resume", str(ckpt / "base"), "--workers", "0"])
+    assert seen == [document["run"]["bench"]["seqlen"]]
 
 
 # ---------------------------------------------------------------- numbers in a checkpoint (--resume)

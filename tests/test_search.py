@@ -123,6 +123,18 @@ def test_kill_and_resume_equals_uninterrupted(calibrated, tmp_path, monkeypatch)
     for entry in table["allocations"].values():
         assert set(entry["final"]) == {"wiki/validation", "wiki/test"} and min(entry["final"].values()) > 1
     assert len(table["allocations"]["best"]["block_metric"]) == len(calibrated.blocks)
+    # `search.py report` writes the finished run's report again with other report-time choices and
+    # evolves nothing: the same best and history, only the baselines asked for.
+    import search as search_cli
+
+    monkeypatch.setattr(search_cli, "run", lambda config, state, workers, address:
+                        runner.run(config, state, calibrated=calibrated))
+    search_cli.main(["report", "whole", "--checkpoint-dir", str(tmp_path / "checkpoints"),
+                     "--report-baselines", "uniform", "--rank-check", "0"])
+    again = json.loads((tmp_path / "results" / "whole" / "report.json").read_text())
+    assert again["best"]["function"] == whole["best"]["function"] and again["history"] == whole["history"]
+    assert again["best"]["test_ppl"] == whole["best"]["test_ppl"] and set(again["baselines"]) == {"uniform"}
+    assert again["evaluations"] == whole["evaluations"]
     assert table["forms"]["count"] == 2 and -1 <= table["forms"]["spearman"] <= 1
     # The unpruned reference row: the dense model on the same texts and windows, below every pruned row.
     EvaluationSession(calibrated).restore()

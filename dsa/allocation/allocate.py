@@ -19,6 +19,9 @@ from .dlp import dlp_ratios
 from dsa.core.numerics import block_alpha
 
 METHODS = ("uniform", "global", "er", "owl", "alphapruning", "lamp", "dsa-published", "atp", "dlp", "dlp-median")
+# The methods that read only the blocks' parameter counts and shapes (ATP also its step): computable
+# on a model's architecture alone (evaluators.architecture.Layout), without its weights.
+SHAPE_METHODS = ("uniform", "er", "atp")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def block_alphas(calibrated: CalibratedModel, mode: str = ALPHA_MODE) -> torch.T
 
 def baseline_ratios(method: str, calibrated: CalibratedModel, sparsity: float,
                     options: BaselineOptions = BaselineOptions()) -> tuple[list[float], list[float] | None]:
-    """Per-block ratios meeting the parameter-weighted budget, and the per-block metric if any."""
+    """Per-block ratios meeting the parameter-weighted budget, and the per-block metric if any.
+    For SHAPE_METHODS, `calibrated` may be anything with `sizes` and `blocks` (a Layout)."""
     if not 0.0 < sparsity < 1.0:
         raise UserError(f"sparsity {sparsity} is outside (0, 1)")
     sizes = calibrated.sizes

@@ -20,13 +20,15 @@ from search_space import post, pre, reduction, transform
 
 from .codec import const_name, const_value, node_name, op_of, stage_of
 from .codec import DEPTH
-from .genome import ARITHMETIC, EPS_GRID, LAMBDA_GRID, LAMBDA_MAPS, MAX_ARITHMETIC_DEPTH, OPERANDS
+from .genome import ARITHMETIC, LAMBDA_MAPS, MAX_ARITHMETIC_DEPTH, OPERANDS
 
 FORMAT = "dsa-function"
 VERSION = 1
 MAX_FILE_BYTES = 64 * 1024
 MAX_NOTE_CHARS = 4000  # a free-text note of where a function came from
 MAP_KINDS = (*LAMBDA_MAPS, "alpha")
+# lambda: ratios S + 2 lambda (minmax - mean) stay a spread around S; eps: AlphaPruning's [S - eps, S + eps].
+LEGAL_RANGE = {"lambda": (0.0, 0.5), "eps": (0.0, 1.0)}
 
 # DSA's published function (lliai/DSA README.md: --graph_string "W:(ABSLOG)-(VAR)-(ATAN,ASIN)-(7)",
 # prune method wanda_owl_search, --Lamda 0.08 by default) in this project's ops, as DSA's code
@@ -107,9 +109,12 @@ def _constant(mapping) -> str:
             "map must be {'kind': 'owl' or 'dsa', 'lambda': x} or {'kind': 'alpha', 'eps': x}")
     kind = mapping["kind"]
     value = _finite_number(mapping[_constant_key(kind)], "map constant")
-    grid = LAMBDA_GRID if kind in LAMBDA_MAPS else EPS_GRID
-    _expect(any(abs(value - g) < 1e-9 for g in grid), f"map constant {value} is not on the grid {grid}")
-    return const_name("lam" if kind in LAMBDA_MAPS else "eps", min(grid, key=lambda g: abs(g - value)))
+    # Any constant of the map's legal range: the search's grid is its mutation step, not a rule for files.
+    low, high = LEGAL_RANGE[_constant_key(kind)]
+    _expect(low <= value <= high, f"map {_constant_key(kind)} {value} is outside [{low}, {high}]")
+    name = const_name("lam" if kind in LAMBDA_MAPS else "eps", value)
+    _expect(const_value(name) == value, f"map constant {value}: give at most 6 significant digits")
+    return name
 
 
 def to_names(data) -> list[str]:
@@ -248,7 +253,7 @@ def map_of(data) -> tuple[str, float]:
 
 def with_map_constant(data, value: float) -> dict:
     """A copy of a validated function with its map's constant (lambda or eps) set to `value`:
-    the same shape, another amplitude. ValueError (FunctionError) when `value` is off the grid."""
+    the same shape, another amplitude. ValueError (FunctionError) when `value` is outside the map's range."""
     kind = data["map"]["kind"]
     tuned = {**data, "map": {"kind": kind, _constant_key(kind): value}}
     to_names(tuned)

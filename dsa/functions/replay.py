@@ -9,6 +9,7 @@ from dsa.core.guards import DEFAULT_GUARDS, Guards
 from dsa.core.paths import check_input_file
 
 from . import library
+from .codec import CONSTANT_KINDS, stage_of
 from .files import MAX_FILE_BYTES, FunctionError, map_of, to_names
 from .genome import EPS_GRID, LAMBDA_MAPS, build_pset
 from .pipeline import FeatureMemo, Node, allocation_ratios, block_values, parse
@@ -35,7 +36,8 @@ def load_function(path) -> dict:
 
 def function_root(document: dict) -> Node:
     """A validated function as the tree the interpreter runs."""
-    return parse(to_names(document), lambda name: _PSET.mapping[name].arity)
+    # A file's map constant may lie off the search's grid: constants are leaves, not in the pset.
+    return parse(to_names(document), lambda name: 0 if stage_of(name) in CONSTANT_KINDS else _PSET.mapping[name].arity)
 
 
 def amplitude_grid(document: dict) -> tuple[float, ...]:

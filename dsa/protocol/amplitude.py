@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from .paired import paired_z  # noqa: F401 (this module's test of a constant, importable from here)
+
 
 def choice_score(row: dict, texts) -> str:
     """The key a grid row is chosen by: the text's own perplexity, or with several texts their
@@ -30,21 +32,6 @@ def choice_score(row: dict, texts) -> str:
 def perplexities_of(window_logppl: dict[str, list[float]]) -> dict[str, float]:
     """Each text's perplexity from its per-window log-perplexities (windows of equal length)."""
     return {text: math.exp(statistics.fmean(values)) for text, values in window_logppl.items()}
-
-
-def paired_z(candidate: dict[str, list[float]], reference: dict[str, list[float]], texts) -> tuple[float, float]:
-    """(mean difference of the score, candidate minus reference; that difference over its standard
-    error). Windows are paired (the same windows under both constants); texts are independent
-    samples, each weighing 1/len(texts). z is 0 when the two are identical."""
-    texts = list(texts)
-    mean, variance = 0.0, 0.0
-    for text in texts:
-        diffs = [c - r for c, r in zip(candidate[text], reference[text])]
-        if len(diffs) < 2:
-            raise ValueError("a paired test needs at least 2 windows per text")
-        mean += statistics.fmean(diffs) / len(texts)
-        variance += statistics.variance(diffs) / len(diffs) / len(texts) ** 2
-    return mean, (mean / math.sqrt(variance) if variance > 0 else 0.0)
 
 
 def choose_amplitude(values: list[float], window_logppl: list[dict[str, list[float]]], texts,

@@ -1,12 +1,18 @@
 """apply.py's measurements on one model in this process: an allocation (a function or a baseline)
-against uniform, a table of baselines x sparsities, and LoRA recovery after pruning."""
+against uniform, a table of baselines and functions x sparsities (with the paired test of each
+function against each baseline), and LoRA recovery after pruning."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Iterator, Sequence
 
+from dsa.core.errors import UserError
+
+from .amplitude import perplexities_of
 from .atp import atp_choice
 from .grids import Choosing
+from .measurer import Read
+from .paired import paired_gap
 from .session import SessionMeasurer
 from .tuning import function_allocation, tune_function
 
@@ -52,17 +58,64 @@ def evaluate(measurer: SessionMeasurer, sparsity: float, texts: Sequence[str], w
 
 
 def compare(measurer: SessionMeasurer, sparsities: Sequence[float], methods: Sequence[str], texts: Sequence[str],
-            windows: int, choosing: Choosing, atp_step: float | None = None) -> Iterator[tuple[dict, list, dict | None]]:
-    """Every method at every sparsity pruned with the final pruner and measured on `texts`; yields
-    (table row, ratios, ATP's choice or None) as each is measured, and leaves the model dense."""
+            windows: int, choosing: Choosing, atp_step: float | None = None, functions: dict[str, dict] | None = None,
+            per_window: bool = False) -> Iterator[tuple[dict, list, dict | None, dict | None]]:
+    """Every method, then every function (label -> document), at every sparsity pruned with the
+    final pruner and measured on `texts`; yields (table row, ratios, ATP's choice or None, each
+    text's per-window log-perplexities with `per_window`, else None) as each is measured, and
+    leaves the model dense. With `per_window` a row's perplexities come from those windows."""
     for sparsity in sparsities:
-        for method in methods:
-            atp = atp_choice(measurer, measurer.model, sparsity, choosing, atp_step) if method == "atp" else None
-            ratios, _ = measurer.baseline(measurer.model, method, sparsity, atp["step"] if atp else None)
-            result = measurer.prune_and_measure(ratios, texts, windows, f"{method}@{sparsity:g}")
-            yield ({"method": method, "sparsity": sparsity, "achieved": result["achieved_sparsity"], **result["ppl"]},
-                   ratios, atp)
+        for label, ratios, atp in _allocations(measurer, sparsity, methods, functions or {}, choosing, atp_step):
+            row, losses = _measure_row(measurer, label, sparsity, ratios, texts, windows, per_window)
+            yield row, ratios, atp, losses
     measurer.session.restore()
+
+
+def _allocations(measurer: SessionMeasurer, sparsity: float, methods: Sequence[str], functions: dict[str, dict],
+                 choosing: Choosing, atp_step: float | None) -> Iterator[tuple[str, list, dict | None]]:
+    """(label, ratios, ATP's choice or None) of each method, then of each function."""
+    for method in methods:
+        atp = atp_choice(measurer, measurer.model, sparsity, choosing, atp_step) if method == "atp" else None
+        ratios, _ = measurer.baseline(measurer.model, method, sparsity, atp["step"] if atp else None)
+        yield method, ratios, atp
+    for label, function in functions.items():
+        try:
+            ratios, _ = function_allocation(measurer, measurer.model, function, sparsity)
+        except ValueError as err:
+            raise UserError(f"--function {label} gives no valid ratios at sparsity {sparsity:g}: {err}")
+        yield label, ratios, None
+
+
+def _measure_row(measurer: SessionMeasurer, label: str, sparsity: float, ratios: list, texts: Sequence[str],
+                 windows: int, per_window: bool) -> tuple[dict, dict | None]:
+    tag = f"{label}@{sparsity:g}"
+    if per_window:
+        achieved = measurer.prune(ratios)
+        losses = measurer.read(Read(tuple(texts), windows, per_window=True), tag)
+        ppl = perplexities_of(losses)
+    else:
+        result = measurer.prune_and_measure(ratios, texts, windows, tag)
+        achieved, ppl, losses = result["achieved_sparsity"], result["ppl"], None
+    return {"method": label, "sparsity": sparsity, "achieved": achieved, **ppl}, losses
+
+
+def paired_rows(losses: dict[tuple[str, float], dict[str, list[float]]], functions: Sequence[str]) -> list[dict]:
+    """Each function against each baseline measured at the same sparsity, per text: the paired
+    test over the windows (dsa/protocol/paired.py). `losses`: (label, sparsity) -> per-window
+    log-perplexities per text, as compare yields them."""
+    rows = []
+    for (label, sparsity), mine in losses.items():
+        if label not in functions:
+            continue
+        for (other, at), theirs in losses.items():
+            if at != sparsity or other in functions:
+                continue
+            for text, values in mine.items():
+                rows.append({"sparsity": sparsity, "function": label, "against": other, "text": text,
+                             "perplexity": perplexities_of({text: values})[text],
+                             "against_perplexity": perplexities_of({text: theirs[text]})[text],
+                             **paired_gap(values, theirs[text])})
+    return rows
 
 
 def finetune(measurer: SessionMeasurer, steps: int, text: str, windows: int, rank: int, lr: float, batch_size: int,

@@ -68,9 +68,10 @@ def write_report(out: Path, function: dict | None, tables: dict[str, dict], hist
 
     report = {"best": {"function": function, **summary(first["allocations"]["best"])},
               "baselines": {n: summary(e) for n, e in first["allocations"].items() if n != "best"},
-              "targets": tables, "transfer": transfer_rows(tables, config), **counters, "config": config}
+              "targets": tables, "transfer": transfer_rows(tables, config), **counters, "config": config,
+              "kind": kind_of(config), "replay": replay_command(out, config)}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", "\n".join(_markdown(formula, tables, counters, config, label)))
+    atomic_write_text(out / "report.md", "\n".join(_markdown(formula, tables, counters, config, label, out)))
     val = {n: e["val_fitness"] for n, e in first["allocations"].items() if n != "best"}
     _plots(out, history, {n: v for n, v in val.items() if v is not None and math.isfinite(v)}, allocations, label)
     return report
@@ -85,9 +86,29 @@ def transfer_rows(tables: dict[str, dict], config: dict) -> list[dict]:
             for name, table in tables.items()]
 
 
-def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: str) -> list[str]:
+def kind_of(config: dict) -> str:
+    """What a reader may do with the result: a function checked on models it never saw, or one
+    fitted to its training models only (which need not carry over), or one model's ratios."""
+    trained = ", ".join(config["models"] or [config["model_config"]["model"]])
+    if config["search"]["mode"] == "per-block":
+        return f"per-block ratios of {trained} (not a function: they fit that model only)"
+    if config["holdout"]:
+        return f"a function trained on {trained}, checked on held-out {', '.join(config['holdout'])}"
+    return (f"a function fitted to {trained} only, not checked on any other model (for other models: "
+            "python search.py --preset transfer, or a checked function of python apply.py list)")
+
+
+def replay_command(out: Path, config: dict) -> str | None:
+    if config["search"]["mode"] == "per-block":
+        return None
+    return f"python apply.py run --function {out / 'best.json'} --model MODEL --sparsity {config['search']['sparsity']}"
+
+
+def _markdown(formula: str, tables: dict, counters: dict, config: dict, label: str, out: Path) -> list[str]:
     pruner = config["final_pruner"]
-    lines = [f"# Search result ({label})", "", "```", formula, "```", ""]
+    replay = replay_command(out, config)
+    lines = [f"# Search result ({label})", "", "```", formula, "```", "", f"Kind: {kind_of(config)}.", ""]
+    lines += [f"Replay: `{replay}`", ""] if replay else []
     for name, table in tables.items():
         lines += _table_lines(name, table, config)
         lines += _choice_lines(table, config["report_texts"][0], pruner)

@@ -62,6 +62,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
+        data = cls.upgrade(data)
         tuples = {k: tuple(data.get(k, ())) for k in ("report_texts", "models", "holdout")}
         tuples["report_baselines"] = tuple(data.get("report_baselines", REPORT_BASELINES))
         tune = data.get("holdout_tune", ())

@@ -75,8 +75,8 @@ def replay(directory: Path, guard_check: bool = True) -> dict:
                                   "" if single else f"{model}@{sparsity:g}|"))
     state = SearchState(losses=recorded.losses, features=dict(recorded.features))
     with tempfile.TemporaryDirectory() as scratch:
-        search = Search(config, None, None, CacheOnly(run.calibrated.seqlen - 1, run.objective), state, Path(scratch),
-                        targets=targets, seed_eps=alpha_eps_for(run.calibrated.metric))
+        search = Search(config, None, None, CacheOnly(run.model_config.seqlen - 1, run.objective), state, Path(scratch),
+                        targets=targets, seed_eps=alpha_eps_for(run.model_config.metric))
         try:
             search.run(stop_after=recorded.generation, log=lambda line: None)  # as far as the checkpoint went
             diverged = None

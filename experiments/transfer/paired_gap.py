@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from dsa.allocation.allocate import METHODS, BaselineOptions, baseline_ratios  # noqa: E402
 from dsa.allocation.baselines import atp_grid  # noqa: E402
 from dsa.core.constants import alpha_eps_for  # noqa: E402
-from dsa.protocol.amplitude import paired_z  # noqa: E402
+from dsa.protocol.paired import paired_gap  # noqa: E402
 from dsa.functions.replay import function_ratios, load_function  # noqa: E402
 from dsa.core.errors import UserError  # noqa: E402
 from evaluators.session import EvaluationSession  # noqa: E402
@@ -76,21 +76,17 @@ def measure(session: EvaluationSession, document: dict, against: list[str], spar
 
 
 def gap_rows(function: list[float], others: dict[str, list[float]], text: str) -> list[dict]:
-    """The function's window log-perplexities against each baseline's, paired over the windows."""
-    rows = []
-    for name, logppl in others.items():
-        difference, z = paired_z({text: function}, {text: logppl}, [text])
-        rows.append({"against": name, "perplexity": math.exp(statistics.fmean(logppl)),
-                     "ratio": math.exp(difference) - 1, "difference": difference, "z": z,
-                     "windows_lower": sum(f < o for f, o in zip(function, logppl)), "windows": len(logppl)})
-    return rows
+    """The function's window log-perplexities against each baseline's, paired over the windows
+    (dsa/protocol/paired.py: mean log-ratio, its standard error, z, windows where it is lower)."""
+    return [{"against": name, "perplexity": math.exp(statistics.fmean(logppl)), **paired_gap(function, logppl)}
+            for name, logppl in others.items()]
 
 
 def table(function_ppl: float, rows: list[dict], text: str) -> str:
     lines = [f"function on {text}: {function_ppl:.2f}", "",
-             "| against | its perplexity | function vs it | mean log-ppl difference | z (paired) | windows where the function is lower |",
+             "| against | its perplexity | function vs it | mean log-ppl difference ± standard error | z (paired) | windows where the function is lower |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['against']} | {r['perplexity']:.2f} | {100 * r['ratio']:+.1f} % | {r['difference']:+.4f} | "
+    lines += [f"| {r['against']} | {r['perplexity']:.2f} | {100 * r['ratio']:+.1f} % | {r['difference']:+.4f} ± {r['standard_error']:.4f} | "
               f"{r['z']:+.2f} | {r['windows_lower']} of {r['windows']} |" for r in rows]
     return "\n".join(lines)
 

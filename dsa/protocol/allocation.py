@@ -1,0 +1,48 @@
+"""An allocation's ratios on a model without pruning it, from as little of the model as it reads.
+
+A function whose only operand is `depth`, and the baselines that read only the blocks' shapes
+(uniform, ER, ATP at a given step), need the block count and each block's prunable parameter
+counts: they run on the model's architecture (evaluators.architecture.Layout, no weight read).
+Any other allocation reads scores or weights: it runs on a calibrated model (an EvaluationSession).
+Both give the same ratios for the same model (the parameter counts are the same).
+"""
+from __future__ import annotations
+
+from dsa.allocation.allocate import SHAPE_METHODS, BaselineOptions, baseline_ratios
+from dsa.core.errors import UserError
+from dsa.functions.codec import DEPTH
+from dsa.functions.files import to_names
+from dsa.functions.genome import OPERANDS
+from dsa.functions.replay import function_ratios
+from evaluators.architecture import Layout
+
+
+def operands_of(function: dict) -> set[str]:
+    """The operands a validated function reads (wanda, magnitude, weight, depth)."""
+    return set(to_names(function)) & set(OPERANDS)
+
+
+def needs_weights(function: dict | None = None, method: str = "uniform") -> bool:
+    """Whether the allocation reads the model's weights or scores (else its architecture is enough)."""
+    if function is not None:
+        return operands_of(function) != {DEPTH}
+    return method not in SHAPE_METHODS
+
+
+def block_names_and_sizes(model) -> tuple[list[str], list[int]]:
+    """Each block's module path and prunable parameter count, of a Layout or an EvaluationSession."""
+    blocks = model.blocks if isinstance(model, Layout) else model.calibrated.blocks
+    return [b.name for b in blocks], [int(b.size) for b in blocks]
+
+
+def ratios_on(model, sparsity: float, function: dict | None = None, method: str = "uniform",
+              options: BaselineOptions = BaselineOptions()) -> tuple[list[float], list[float] | None]:
+    """(ratios, per-block values: the function's importance before its map, or the baseline's
+    metric) on `model`: a Layout (depth functions, SHAPE_METHODS) or an EvaluationSession."""
+    if function is not None:
+        try:
+            return function_ratios(function, model.block_matrices, model.n_blocks, model.sizes, sparsity)
+        except ValueError as err:  # ratios outside [0, 1), or a budget no ratios meet
+            raise UserError(f"the function gives no valid ratios at sparsity {sparsity:g}: {err}")
+    calibrated = model if isinstance(model, Layout) else model.calibrated
+    return baseline_ratios(method, calibrated, sparsity, options)

@@ -31,7 +31,8 @@ from dsa.core.constants import alpha_eps_for
 from dsa.core.errors import UserError
 from dsa.functions import library
 from dsa.functions.files import FunctionError, to_names
-from dsa.functions.replay import function_ratios, load_function
+from dsa.functions.replay import load_function
+from dsa.protocol.allocation import ratios_on
 from evaluators.calibrated import CalibratedModel, ModelConfig, check_text
 from evaluators.calibration import input_norms
 from evaluators.models import LoadedModel, find_blocks, load_model as _load_model
@@ -156,13 +157,7 @@ def allocate(model, allocation, sparsity: float, *, calib: str | None = None, to
     with _evaluating(held.loaded.model):
         if isinstance(allocation, str) and allocation in METHODS:
             return _baseline(held, allocation, sparsity, pruner, atp_lambda)
-        document = _function(allocation)
-        blocks = EvaluationSession(held).block_matrices
-        try:
-            ratios, _ = function_ratios(document, blocks, len(held.blocks), held.sizes, sparsity)
-        except ValueError as err:  # InvalidFunction: no valid ratios on this model at this sparsity
-            raise UserError(f"the function gives no valid ratios here at sparsity {sparsity:g}: {err}")
-    return ratios
+        return ratios_on(EvaluationSession(held), sparsity, function=_function(allocation))[0]
 
 
 def _baseline(held: HeldModel, method: str, sparsity: float, pruner: str, atp_lambda: float | None) -> list[float]:

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 from dsa.allocation.allocate import METHODS, SHAPE_METHODS, BaselineOptions
+from dsa.allocation.matrices import flatten, matrix_table, parameter_sparsity
 from dsa.core.constants import DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
 from dsa.functions import guards, library
 from dsa.functions.files import describe, importance_expr, map_of, same_formula
 from dsa.functions.replay import function_ratios, load_function
-from dsa.outputs.ratio_files import weighted_mean, write_ratio_files
+from dsa.outputs.ratio_files import weighted_mean, write_matrix_ratio_files, write_ratio_files
 from dsa.protocol import allocation, one_model
 from dsa.protocol.grids import Choosing
 from dsa.protocol.session import SessionMeasurer
@@ -34,8 +35,9 @@ from dsa.core.storage import atomic_write_text
 from dsa.core.paths import check_new_output_dir, check_output_file
 from dsa.core.errors import UserError, exits_cleanly
 from evaluators.pruners import parse_structure
+from evaluators.pruners.base import is_per_matrix
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
-from evaluators.architecture import model_layout
+from evaluators.architecture import Layout, model_layout
 from evaluators.calibrated import ModelConfig, check_text
 from evaluators.zeroshot import ZeroShot
 
@@ -297,8 +299,9 @@ def _write_recipe(path, args, label: str, block_names: list[str], ratios: list[f
     """The llm-compressor recipe of one allocation: one sparsity per decoder block (run, export)."""
     recipe = llmcompressor_recipe(block_names, ratios, args.pruner, nm)
     structure = getattr(args, "structure", None) or "unstructured"
+    unit = "prunable matrix, by module name" if is_per_matrix(ratios) else "decoder block, in model order"
     header = [f"dsa allocation for {args.model}: {label} at sparsity {args.sparsity:g}, {args.pruner}, {structure}",
-              "one sparsity per decoder block, in model order (llm-compressor's oneshot(model, recipe=...))"]
+              f"one sparsity per {unit} (llm-compressor's oneshot(model, recipe=...))"]
     return write_recipe(path, recipe, header)
 
 
@@ -375,13 +378,16 @@ def export(args) -> None:
     start = time.perf_counter()
     weights = allocation.needs_weights(function, args.allocation)
     model = _session(args) if weights else model_layout(args.model)
-    ratios, values = allocation.ratios_on(model, args.sparsity, function, args.allocation or "uniform", _options(args))
     names, sizes = allocation.block_names_and_sizes(model)
     info = {"model": args.model, "allocation": label, "function": function, "sparsity": args.sparsity,
             "pruner": args.pruner, "options": None if function else vars(_options(args)),
-            "from": "calibrated model" if weights else "architecture (no weights read)", "values": values,
+            "from": "calibrated model" if weights else "architecture (no weights read)",
             "data": model.calibrated.config.as_dict() if weights else None}
-    paths = write_ratio_files(out, info, names, sizes, ratios)
+    if args.granularity == "matrix":
+        _export_matrices(args, out, model, info, names, start)
+        return
+    ratios, values = allocation.ratios_on(model, args.sparsity, function, args.allocation or "uniform", _options(args))
+    paths = write_ratio_files(out, info | {"values": values}, names, sizes, ratios)
     paths.append(_write_recipe(out / _recipe_name(), args, label, names, ratios))
     mean = weighted_mean(ratios, sizes)
     low, high = min(range(len(ratios)), key=ratios.__getitem__), max(range(len(ratios)), key=ratios.__getitem__)
@@ -391,10 +397,28 @@ def export(args) -> None:
     print(f"written to {out}/ ({', '.join(p.name for p in paths)})")
 
 
+def _export_matrices(args, out: Path, model, info: dict, names: list[str], start: float) -> None:
+    """export --granularity matrix: one ratio per prunable matrix, in ratios.csv with its role."""
+    ratios, values = allocation.matrix_ratios_on(model, args.sparsity, args.allocation, _options(args))
+    blocks = model.blocks if isinstance(model, Layout) else model.calibrated.blocks
+    paths = write_matrix_ratio_files(out, info | {"values": values}, blocks, ratios)
+    paths.append(_write_recipe(out / _recipe_name(), args, info["allocation"], names, ratios))
+    table, flat = matrix_table(blocks), flatten(ratios, blocks)
+    low, high = min(range(len(flat)), key=flat.__getitem__), max(range(len(flat)), key=flat.__getitem__)
+    where = [f"block {table[i][0]} {table[i][1]}" for i in (low, high)]
+    print(f"{info['allocation']} on {args.model} at {args.sparsity:g}: {len(flat)} matrices in {len(blocks)} blocks, "
+          f"ratios {flat[low]:.4f} ({where[0]}) to {flat[high]:.4f} ({where[1]}), parameter-weighted mean "
+          f"{parameter_sparsity(ratios, blocks):.6f}; from the {info['from']}, {time.perf_counter() - start:.1f} s")
+    print(f"written to {out}/ ({', '.join(p.name for p in paths)})")
+
+
 def _check_export(args) -> tuple[dict | None, str]:
     """(the function or None, the allocation's label), everything checked before any model loads."""
     check_exportable(args.pruner)
     _check_constants(args)
+    if args.granularity == "matrix" and args.allocation not in allocation.MATRIX_METHODS:
+        raise UserError(f"--granularity matrix exports {', '.join(allocation.MATRIX_METHODS)} (--allocation); "
+                        "functions give one ratio per block")
     if args.allocation == "atp" and args.atp_step is None:
         raise UserError("export --allocation atp needs --atp-step (ATP's step is chosen by pruning: "
                         "apply.py run --allocation atp prints the one it chose)")
@@ -561,6 +585,9 @@ def _export_parser(sub, hide):
     export_.add_argument("--out", default=None, help="output directory (default: results/export-MODEL-ALLOCATION-SPARSITY)")
     export_.add_argument("--pruner", choices=("wanda", "sparsegpt"), default="wanda",
                          help="the recipe's llm-compressor modifier (default: %(default)s)")
+    export_.add_argument("--granularity", choices=("block", "matrix"), default="block",
+                         help=f"one ratio per decoder block, or per prunable matrix ({', '.join(allocation.MATRIX_METHODS)}) "
+                              "(default: %(default)s)")
     _model_options(export_, hide)
     _constant_options(export_, hide)
     return export_

@@ -138,8 +138,9 @@ def _models(g) -> None:
     g.add_argument("--model", help=f"built-in alias, hub id, HF directory or .gguf (default: {b.model})")
     g.add_argument("--models", nargs="+", metavar="MODEL",
                    help="search on several models at once, scored by the mean of log(ppl / ppl of uniform)")
-    g.add_argument("--holdout", nargs="+", metavar="MODEL",
-                   help="models the search never sees: the best function and the baselines are replayed on them")
+    g.add_argument("--holdout", nargs="*", metavar="MODEL",
+                   help="models the search never sees: the best function and the baselines are replayed on them "
+                        "(none given: no held-out model, e.g. to train a preset on all its models)")
     g.add_argument("--sparsity", type=_fraction, help=f"global sparsity (default: {d.sparsity})")
     g.add_argument("--sparsities", nargs="+", type=_fraction, metavar="S",
                    help="average the score over these sparsities as over models (default: --sparsity alone)")
@@ -198,6 +199,9 @@ def _evolution(e) -> None:
     e.add_argument("--arithmetic", action="store_true", help="allow reductions joined by + - * / (beyond DSA)")
     e.add_argument("--operands", nargs="+", choices=OPERANDS, metavar="NAME",
                    help=f"operands functions may read, of {', '.join(OPERANDS)} (default: all)")
+    e.add_argument("--seed-functions", nargs="+", metavar="NAME|FILE",
+                   help="library functions (apply.py list) or function files the first generation starts from, "
+                        "beside the baselines")
     e.add_argument("--guard-check", action="store_true",
                    help="reject functions whose ratios move when the ops' numerical guards move")
     e.add_argument("--level-step", type=_fraction, help=f"per-block: ratio step of one level (default: {d.level_step})")
@@ -239,6 +243,8 @@ def settings_tree(args) -> dict:
             tree = settings.set_path(tree, _place(dest), value, template, f"--{dest.replace('_', '-')}")
     if "model" in vars(args) and "models" not in vars(args):
         tree["models"] = []  # --model replaces a preset's training models
+    if getattr(args, "holdout", None) == []:
+        tree |= {"holdout_tune": [], "holdout_tune_z": 0.0}  # tuning on held-out models: none left to tune
     mode = getattr(args, "mode", None)
     if mode:
         tree["search"] |= {"mode": "per-block" if mode == "per-block" else "function", "random_search": mode == "random"}

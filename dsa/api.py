@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import os
 import weakref
+from collections.abc import Mapping
 from typing import Sequence
 
 import torch
@@ -32,7 +33,8 @@ from dsa.core.errors import UserError
 from dsa.functions import library
 from dsa.functions.files import FunctionError, to_names
 from dsa.functions.replay import load_function
-from dsa.protocol.allocation import ratios_on
+from dsa.allocation.matrices import check_entries, expand
+from dsa.protocol.allocation import MATRIX_METHODS, matrix_ratios_on, ratios_on
 from evaluators.calibrated import CalibratedModel, ModelConfig, check_text
 from evaluators.calibration import input_norms
 from evaluators.models import LoadedModel, find_blocks, load_model as _load_model
@@ -42,7 +44,8 @@ from evaluators.session import EvaluationSession
 
 DEFAULTS = ModelConfig()  # the product's calibration text, windows, window length and batch size
 API_PRUNERS = ("wanda", "sparsegpt", "alps", "magnitude")  # the ones that need no dense copy
-ATP_CHOOSING = ("wiki/validation", 8)  # apply.py's --atp-text and --eval-windows defaults
+ATP_CHOOSING = ("wiki/validation", 8)
+GRANULARITIES = ("block", "matrix")  # one ratio per decoder block, or one per prunable matrix  # apply.py's --atp-text and --eval-windows defaults
 
 # Models that dsa.load_model returned: their name (part of every cache key) and tokenizer.
 _KNOWN: "weakref.WeakKeyDictionary[nn.Module, tuple[str, object]]" = weakref.WeakKeyDictionary()
@@ -143,18 +146,24 @@ def _function(allocation) -> dict:
 
 def allocate(model, allocation, sparsity: float, *, calib: str | None = None, tokenizer=None,
              calib_windows: int = DEFAULTS.calib_windows, seqlen: int = DEFAULTS.seqlen,
-             pruner: str = "wanda", atp_lambda: float | None = None) -> list[float]:
+             pruner: str = "wanda", atp_lambda: float | None = None, granularity: str = "block") -> list:
     """One pruning ratio per decoder block whose parameter-weighted mean is `sparsity` (to 1e-9).
 
     `allocation`: a baseline name (uniform, owl, alphapruning, atp, ...), a library function name
     (tanh2-ramp-70, ...), a function file, or a function document (dsa.load_function's).
     `pruner`: the pruner the ratios are for (AlphaPruning's eps; ATP's choice). `atp_lambda`:
     ATP's spread (step 2 lambda / (L - 1)); without it ATP's lambda is chosen on wiki/validation.
+    `granularity="matrix"`: one {linear name: ratio} per block instead (uniform, ATP's ramp, OWL
+    with its outlier ratio per matrix), the budget over parameters; `prune` takes either form.
     """
     if not 0.0 < sparsity < 1.0:
         raise UserError(f"sparsity {sparsity} is outside (0, 1)")
+    if granularity not in GRANULARITIES:
+        raise UserError(f"granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
     held = _held(model, tokenizer, calib, calib_windows, seqlen)
     with _evaluating(held.loaded.model):
+        if granularity == "matrix":
+            return _matrix_baseline(held, allocation, sparsity, pruner, atp_lambda)
         if isinstance(allocation, str) and allocation in METHODS:
             return _baseline(held, allocation, sparsity, pruner, atp_lambda)
         return ratios_on(EvaluationSession(held), sparsity, function=_function(allocation))[0]
@@ -167,6 +176,15 @@ def _baseline(held: HeldModel, method: str, sparsity: float, pruner: str, atp_la
             held, sparsity, pruner, options)
         options = dataclasses.replace(options, atp_step=step)
     return baseline_ratios(method, held, sparsity, options)[0]
+
+
+def _matrix_baseline(held: HeldModel, method, sparsity: float, pruner: str, atp_lambda: float | None) -> list[dict]:
+    if not (isinstance(method, str) and method in MATRIX_METHODS):
+        raise UserError(f"at matrix granularity the allocation is one of {', '.join(MATRIX_METHODS)}")
+    block_form = _baseline(held, method, sparsity, pruner, atp_lambda) if method == "atp" else None
+    if block_form is not None:
+        return expand(block_form, held.blocks)
+    return matrix_ratios_on(EvaluationSession(held), sparsity, method, BaselineOptions(alpha_eps=alpha_eps_for(pruner)))[0]
 
 
 def _chosen_atp_step(held: HeldModel, sparsity: float, pruner: str, options: BaselineOptions) -> float:
@@ -187,7 +205,8 @@ def _chosen_atp_step(held: HeldModel, sparsity: float, pruner: str, options: Bas
 
 def prune(model, ratios: Sequence[float], pruner: str = "wanda", calib: str | None = None, tokenizer=None, *,
           calib_windows: int = DEFAULTS.calib_windows, seqlen: int = DEFAULTS.seqlen) -> float:
-    """Prune `model` in place, block i at ratios[i], and return the fraction of zeros among the
+    """Prune `model` in place, block i at ratios[i] (a number, or {linear name: ratio} from
+    allocate(..., granularity="matrix")), and return the fraction of zeros among the
     prunable weights. wanda, sparsegpt and alps prune sequentially on the calibration windows (as
     their papers: each block's inputs come from the already pruned blocks); magnitude drops each
     matrix's round(r x rows x cols) smallest weights. Pruning a pruned model prunes it further."""
@@ -197,11 +216,10 @@ def prune(model, ratios: Sequence[float], pruner: str = "wanda", calib: str | No
         raise UserError(f"unknown pruner {pruner!r} here: use one of {', '.join(API_PRUNERS)}")
     rule = pruner_named(pruner)
     held = _held(model, tokenizer, calib, calib_windows, seqlen)
-    ratios = [float(r) for r in ratios]
     if len(ratios) != len(held.blocks):
         raise UserError(f"got {len(ratios)} ratios for {len(held.blocks)} blocks")
-    if not all(0.0 <= r < 1.0 for r in ratios):
-        raise UserError("every ratio must lie in [0, 1)")
+    ratios = [dict(r) if isinstance(r, Mapping) else float(r) for r in ratios]
+    check_entries(ratios, held.blocks)
     with _evaluating(held.loaded.model):
         if rule.sequential:
             sequential_prune(held.loaded, held.calib, ratios, rule, None, held.config.batch_size)

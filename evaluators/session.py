@@ -21,6 +21,7 @@ from dsa.core.errors import UserError
 from .perplexity import perplexity, window_nll
 from .pruners import PRUNERS, WANDA_FORMS  # noqa: F401 (the CLIs' choices, importable from here)
 from .pruners import pruner_named, sequential_prune, zero_fraction
+from .pruners.base import is_per_matrix
 from .calibrated import ModelConfig, CalibratedModel
 
 OBJECTIVES = ("ppl", "kl")
@@ -89,6 +90,8 @@ class EvaluationSession:
             raise UserError(f"--pruner {pruner} needs --metric {rule.metric} (the score orders it prunes by)")
         if len(ratios) != self.n_blocks:
             raise UserError(f"got {len(ratios)} ratios for {self.n_blocks} blocks")
+        if nm and is_per_matrix(ratios):
+            raise UserError(f"{nm[0]}:{nm[1]} prunes every matrix to the same pattern: per-matrix ratios do not apply")
         calibrated.pruner.restore()
         if rule.sequential:
             sequential_prune(calibrated.loaded, calibrated.calib, ratios, rule, nm, calibrated.config.batch_size)

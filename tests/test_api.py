@@ -90,6 +90,28 @@ def test_prune_and_perplexity_on_a_held_model(dense_calibrated):
     assert dense < pruned < 10 * dense
 
 
+def test_matrix_granularity_allocates_and_prunes_per_matrix(dense_calibrated):
+    """granularity="matrix": OWL per matrix, ATP's ramp equal within each block; magnitude then
+    drops round(r x numel) weights of each matrix at its own ratio."""
+    from dsa.allocation.matrices import flatten, parameter_sparsity
+
+    loaded = dense_calibrated.loaded
+    owl = dsa.allocate(loaded.model, "owl", 0.7, calib="c4/train", tokenizer=loaded.tokenizer, granularity="matrix",
+                       **WINDOWS)
+    assert len(owl) == 30 and set(owl[0]) == set(loaded.blocks[0].linears)
+    assert parameter_sparsity(owl, loaded.blocks) == pytest.approx(0.7, abs=1e-12)
+    assert len({round(r, 12) for r in flatten(owl, loaded.blocks)}) > 30  # matrices of one block differ
+    atp = dsa.allocate(loaded.model, "atp", 0.7, atp_lambda=0.12, granularity="matrix")
+    assert [set(entry.values()) for entry in atp] == [{r} for r in dsa.allocate(loaded.model, "atp", 0.7, atp_lambda=0.12)]
+    achieved = dsa.prune(loaded, owl, "magnitude")
+    for block in loaded.blocks:
+        for name, layer in block.linears.items():
+            assert int((layer.weight == 0).sum()) == round(owl[block.index][name] * layer.weight.numel())
+    assert achieved == pytest.approx(0.7, abs=1e-5)
+    with pytest.raises(UserError, match="at matrix granularity the allocation is one of uniform, owl, atp"):
+        dsa.allocate(loaded.model, "alphapruning", 0.7, granularity="matrix")
+
+
 def test_bad_input_is_one_line(dense_calibrated):
     model = dense_calibrated.loaded.model
     zeros = sum(int((p == 0).sum()) for p in model.parameters())  # the dense model holds a few exact zeros

@@ -91,6 +91,9 @@ def run_search(capsys, *argv):
     (("--holdout", "gemma3-270m", "--holdout-tune-z", "2"), "give its texts too"),
     (("--holdout", "gemma3-270m", "--holdout-tune", "calib-next", "--holdout-tune-z", "2", "--holdout-tune-windows", "1"),
      "must be >= 2"),
+    (("--seed-functions", "tanh2-ramp-70", "--operands", "wanda"), "reads depth, which this search's operands (wanda)"),
+    (("--seed-functions", "no/such.json"), "missing file"),
+    (("--set", "search.seed_functions=[1]"), "is not a library name or a function file"),
     (("--holdout-tune-z", "-1"), "finite number >= 0"), (("--holdout-tune-z", "nan"), "finite number >= 0"),
 ])
 def test_search_options_refused_before_any_work(capsys, argv, message):
@@ -132,6 +135,9 @@ def test_presets_layer_under_flags_and_set():
     assert transfer.holdout_tune == ("calib-next", "ptb/train") and transfer.holdout_tune_z == 2.0
     assert config("--preset", "transfer", "--sparsity", "0.6").search.sparsity == 0.6
     assert config("--preset", "transfer", "--model", "gemma3-270m").model_names() == ("gemma3-270m",)
+    all_three = config("--preset", "transfer", "--models", "smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "--holdout")
+    assert all_three.holdout == () and all_three.holdout_tune == () and all_three.holdout_tune_z == 0.0
+    assert all_three.search.operands == ("depth",) and len(all_three.model_names()) == 3
     assert config("--population", "5", "--set", "search.population=6").search.population == 6
     random_run = config("--mode", "random")
     assert random_run.search.random_search and random_run.search.mode == "function" and random_run.name.endswith("-random")

@@ -275,3 +275,15 @@ def test_paired_gap_checks_its_baselines_before_loading_a_model():
     out = subprocess.run([sys.executable, str(TRANSFER / "paired_gap.py"), "--function", "missing.json",
                           "--against", "atp:0.12", "uniform"], capture_output=True, text=True)
     assert out.returncode == 1 and "missing file: missing.json" in out.stderr
+
+
+def test_matrix_gap_measures_a_block_rule_the_same_at_both_granularities(dense_calibrated):
+    """experiments/granularity/matrix_gap.py: uniform gives every matrix its block's ratio, so its
+    two forms prune the same weights and the paired gap is exactly zero."""
+    sys.path.insert(0, str(ROOT / "experiments" / "granularity"))
+    import matrix_gap
+    from evaluators.session import EvaluationSession
+
+    row = matrix_gap.measure(EvaluationSession(dense_calibrated), "uniform", 0.7, "wanda", "wiki/test", 2)
+    assert row["block_ppl"] == row["matrix_ppl"] and 100 < row["block_ppl"] < 5000
+    assert row["difference"] == 0.0 and row["z"] == 0.0 and row["windows_lower"] == 0

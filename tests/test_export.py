@@ -99,3 +99,32 @@ def test_export_refuses_before_any_model(capsys, no_weights, tmp_path):
         code, _, err = run_main(capsys, "export", *argv)
         assert code == 2 and message in err, (argv, err)
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+def test_per_matrix_export_names_every_matrix(calibrated, capsys, monkeypatch, tmp_path):
+    """--granularity matrix: ATP's ramp from the architecture alone (every matrix at its block's
+    ratio) and OWL per matrix; ratios.csv has one row per matrix with its role, and the recipe
+    targets each matrix by module name with its own sparsity."""
+    from dsa.allocation.matrices import matrix_table, owl_matrix_ratios
+
+    code, out, err = run_main(capsys, "export", "--allocation", "atp", "--atp-step", "0.008", "--granularity", "matrix",
+                              "--out", str(tmp_path / "atp"))
+    assert code == 0, err
+    document, rows, recipe = exported(tmp_path / "atp")
+    block_ratios, _ = baseline_ratios("atp", calibrated, 0.7, BaselineOptions(atp_step=0.008))
+    table = matrix_table(calibrated.blocks)
+    assert document["granularity"] == "matrix" and len(rows) == len(table) == 210
+    assert [float(row["ratio"]) for row in rows] == [block_ratios[index] for index, *_ in table]
+    assert [row["role"] for row in rows[:7]] == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert recipe == {row["name"]: float(row["ratio"]) for row in rows}
+    assert "210 matrices in 30 blocks" in out and "parameter-weighted mean 0.700000" in out
+    monkeypatch.setattr(apply, "_session", lambda args: EvaluationSession(calibrated))
+    calibrated.pruner.restore()
+    code, _, err = run_main(capsys, "export", "--allocation", "owl", "--granularity", "matrix", "--out", str(tmp_path / "owl"))
+    assert code == 0, err
+    document, rows, recipe = exported(tmp_path / "owl")
+    expected, _ = owl_matrix_ratios([calibrated.block_scores(b.index) for b in calibrated.blocks], calibrated.blocks, 0.7)
+    assert document["ratios"] == expected and document["weighted_sparsity"] == pytest.approx(0.7, abs=1e-12)
+    code, _, err = run_main(capsys, "export", "--allocation", "alphapruning", "--granularity", "matrix",
+                            "--out", str(tmp_path / "alpha"))
+    assert code == 2 and "--granularity matrix exports uniform, owl, atp" in err

@@ -10,7 +10,7 @@ import torch
 
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios
 from dsa.functions.files import from_root, to_names
-from dsa.functions.genome import SEEDS, seed_genomes, seed_names
+from dsa.functions.genome import SEEDS, names_of, seed_genomes, seed_names
 from dsa.functions.pipeline import features_on, prefix_values
 from dsa.functions.replay import function_ratios, load_function
 from dsa.search import checkpoint, runner
@@ -646,3 +646,37 @@ def test_guard_check_rejects_functions_that_read_a_guard(calibrated):
                     lambda node: moved_calls.append(node) or pool.call("features", node, True))
     remote = Search(SearchConfig(operands=("depth",), guard_check=True), None, None, evaluator=None, targets=[target])
     assert remote.ratios_of(remote.individual(to_names(readers["log|tanh(d)|"]))) is None and moved_calls
+
+
+def test_library_functions_seed_the_first_generation(calibrated, tmp_path):
+    """`seed_functions`: library names and files join the baselines' seeds; each seed's ratios are
+    its file's replayed ratios and its fitness the perplexity of those ratios; a file off the
+    search's grid or reading an operand the search leaves out is refused in one line."""
+    from dsa.core.errors import UserError
+    from dsa.distributed.pool import InProcessPool
+    from dsa.distributed.worker import Worker
+    from dsa.functions.replay import seed_names as file_seed_names
+    from dsa.search.fitness import PoolEvaluator
+
+    pool = InProcessPool({"m": Worker(calibrated, "wiki/validation", 1)})
+    session = pool.workers["m"].session
+    config = SearchConfig(operands=("depth",), population=4, fitness_windows=1,
+                          seed_functions=("tanh2-ramp-70", "tanh-ramp-60"))
+    search = Search(config, calibrated.sizes, features_on(session.block_matrices, session.n_blocks),
+                    PoolEvaluator(pool, {"m": session.tokens_per_window}, "ppl"))
+    search.initialise()
+    assert len(search.population) == 9  # uniform, six ATP ramps, two library functions
+    for name in config.seed_functions:
+        expected, _ = function_ratios(load_function(name), session.block_matrices, session.n_blocks, calibrated.sizes, 0.7)
+        (ind,) = [i for i in search.population if names_of(i) == to_names(load_function(name))]
+        assert search.ratios_of(ind) == pytest.approx(expected, abs=1e-12)
+        assert ind.fitness.values[0] == pytest.approx(session.fitness_perplexity(expected), rel=1e-9)
+    session.restore()
+    again = runner.RunConfig.from_dict(json.loads(json.dumps(runner.RunConfig(search=config).as_dict())))
+    assert list(again.search.seed_functions) == ["tanh2-ramp-70", "tanh-ramp-60"]
+    off_grid = tmp_path / "off-grid.json"
+    off_grid.write_text(json.dumps({**load_function("tanh2-ramp-70"), "map": {"kind": "dsa", "lambda": 0.13}}))
+    with pytest.raises(UserError, match="not on the search's grid"):
+        file_seed_names(str(off_grid), ("depth",), False)
+    with pytest.raises(UserError, match="reads depth"):
+        file_seed_names("tanh2-ramp-70", ("wanda",), False)

@@ -11,7 +11,7 @@ from dsa.core.paths import check_input_file
 from . import library
 from .codec import CONSTANT_KINDS, stage_of
 from .files import MAX_FILE_BYTES, FunctionError, map_of, to_names
-from .genome import EPS_GRID, LAMBDA_MAPS, build_pset
+from .genome import EPS_GRID, LAMBDA_GRID, LAMBDA_MAPS, OPERANDS, build_pset
 from .pipeline import FeatureMemo, Node, allocation_ratios, block_values, parse
 
 _PSET = build_pset(arithmetic=True)  # a superset: accepts linear and tree-shaped functions
@@ -32,6 +32,27 @@ def load_function(path) -> dict:
         kind = "invalid function" if isinstance(err, FunctionError) else "not valid JSON"
         raise UserError(f"{path}: {kind}: {err}")
     return document
+
+
+def seed_names(spec: str, operands, arithmetic: bool) -> list[str]:
+    """A library name or function file as a genome the search can start from (its prefix names).
+
+    The search's genomes hold only grid constants and the operands it may read, so a seed off the
+    grid, reading another operand, or tree-shaped without `arithmetic` is refused in one line."""
+    document = load_function(spec)
+    kind, value = map_of(document)
+    grid = LAMBDA_GRID if kind in LAMBDA_MAPS else EPS_GRID
+    if value not in grid:
+        raise UserError(f"seed {spec}: its map constant {value:g} is not on the search's grid "
+                        f"({', '.join(f'{g:g}' for g in grid)})")
+    names = to_names(document)
+    read = set(names) & set(OPERANDS)
+    if not read <= set(operands):
+        raise UserError(f"seed {spec} reads {', '.join(sorted(read - set(operands)))}, "
+                        f"which this search's operands ({', '.join(operands)}) leave out")
+    if "op" in document["importance"] and not arithmetic:
+        raise UserError(f"seed {spec} joins reductions by arithmetic: search with --arithmetic")
+    return names
 
 
 def function_root(document: dict) -> Node:

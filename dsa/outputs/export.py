@@ -26,6 +26,7 @@ from dsa.core.storage import atomic_write_text, new_file_mode, staged_directory
 from dsa.core.paths import check_output_dir
 from dsa.core.errors import UserError
 from evaluators.models import LoadedModel
+from evaluators.pruners.base import is_per_matrix
 from evaluators.pruners.sparsegpt import SPARSEGPT_BLOCK_SIZE, SPARSEGPT_DAMPING
 
 SAVE_MARKER = "dsa.json"
@@ -119,11 +120,19 @@ def check_exportable(pruner: str) -> None:
 
 def llmcompressor_recipe(block_names: Sequence[str], ratios: Sequence[float], pruner: str,
                          nm: tuple[int, int] | None = None) -> dict:
-    """The recipe as a dict: one sparsity per decoder block, targets = exactly those blocks."""
+    """The recipe as a dict: one sparsity per decoder block, targets = exactly those blocks; with
+    per-matrix ratios ({linear name: ratio} per block), targets = each matrix by its module name
+    and sparsity = {module name: ratio} (llm-compressor prunes each target module at its own)."""
     check_exportable(pruner)
     if len(ratios) != len(block_names):
         raise UserError(f"got {len(ratios)} ratios for {len(block_names)} blocks")
     container = _container(block_names)
+    if is_per_matrix(ratios):
+        if nm:
+            raise UserError(f"{nm[0]}:{nm[1]} prunes every matrix to the same pattern: per-matrix ratios do not apply")
+        sparsity = {f"{block}.{name}": float(r) for block, entry in zip(block_names, ratios) for name, r in entry.items()}
+        args = {"sparsity": sparsity, "mask_structure": "0:0", "targets": list(sparsity), "ignore": ["re:.*lm_head"]}
+        return {STAGE: {GROUP: {MODIFIERS[pruner]: args | (SPARSEGPT_ARGS if pruner == "sparsegpt" else {})}}}
     if nm:  # this project prunes every block N:M whatever its ratio; so does llm-compressor
         sparsity = [1.0 - nm[0] / nm[1]] * len(block_names)
     else:

@@ -9,6 +9,7 @@ Both give the same ratios for the same model (the parameter counts are the same)
 from __future__ import annotations
 
 from dsa.allocation.allocate import SHAPE_METHODS, BaselineOptions, baseline_ratios
+from dsa.allocation.matrices import expand, owl_matrix_ratios
 from dsa.core.errors import UserError
 from dsa.functions.codec import DEPTH
 from dsa.functions.files import to_names
@@ -46,3 +47,23 @@ def ratios_on(model, sparsity: float, function: dict | None = None, method: str 
             raise UserError(f"the function gives no valid ratios at sparsity {sparsity:g}: {err}")
     calibrated = model if isinstance(model, Layout) else model.calibrated
     return baseline_ratios(method, calibrated, sparsity, options)
+
+
+# Baselines with a per-matrix form: uniform and ATP's ramp (every matrix at its block's ratio) and
+# OWL with its outlier ratio per matrix.
+MATRIX_METHODS = ("uniform", "owl", "atp")
+
+
+def matrix_ratios_on(model, sparsity: float, method: str = "uniform",
+                     options: BaselineOptions = BaselineOptions()) -> tuple[list[dict[str, float]], list[float] | None]:
+    """(one {linear name: ratio} per block, the per-matrix or per-block metric) of a baseline at
+    matrix granularity, on a Layout (uniform, ATP at a given step) or an EvaluationSession."""
+    if method not in MATRIX_METHODS:
+        raise UserError(f"{method} gives one ratio per block; at matrix granularity use {', '.join(MATRIX_METHODS)}")
+    blocks = model.blocks if isinstance(model, Layout) else model.calibrated.blocks
+    if method == "owl":
+        scores = [model.block_matrices("wanda", block.index) for block in blocks]
+        ratios, metric = owl_matrix_ratios(scores, blocks, sparsity, options.owl_m, options.owl_lambda)
+        return ratios, metric.tolist()
+    block_ratios, metric = ratios_on(model, sparsity, method=method, options=options)
+    return expand(block_ratios, blocks), metric

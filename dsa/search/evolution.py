@@ -26,6 +26,7 @@ from dsa.core.constants import ALPHA_EPS
 from dsa.functions.genome import (OPERANDS, Ratios, build_pset, check_operands, names_of, random_subtree, seed_genomes,
                                   tree_from_names)
 from dsa.functions import guards
+from dsa.functions.replay import seed_names
 from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, parse
 
 PENALTY = 1e9  # fitness of a function that yields no valid ratios: never selected, never a crash
@@ -59,6 +60,7 @@ class SearchConfig:
     fitness_form: str = "cached"  # full evaluations: "cached" Wanda (the proxy) or "sequential" (the final pruner)
     operands: tuple = ()       # the operands functions may read; empty: all of OPERANDS
     guard_check: bool = False  # reject functions whose ratios move when the ops' guards move (dsa.functions.guards)
+    seed_functions: tuple = ()  # library names or function files added to the baselines' seeds
 
     def allowed_operands(self) -> tuple:
         return check_operands(self.operands or OPERANDS)
@@ -104,6 +106,8 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
         expect(isinstance(value, (int, float)) and 0 < value < 1, "config sparsity must lie in (0, 1)")
     expect(config.mode in ("function", "per-block"), f"unknown search mode {config.mode!r:.40}")
     expect(config.fitness_form in FITNESS_FORMS, f"unknown fitness form {config.fitness_form!r:.40}")
+    expect(isinstance(config.seed_functions, (list, tuple)) and all(isinstance(s, str) for s in config.seed_functions),
+           "config seed_functions must be a list of names or paths")
     counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "guard_readers",
                 "feature_cache_hits")
     for name in counters:
@@ -318,6 +322,8 @@ class Search:
     def initialise(self) -> None:
         random.seed(self.config.seed)
         seeds = seed_genomes(alpha_eps=self.seed_eps, operands=self.config.allowed_operands())
+        for spec in self.config.seed_functions:
+            seeds[spec] = seed_names(spec, self.config.allowed_operands(), self.config.arithmetic)
         population = [self.individual(names) for names in seeds.values()]
         while len(population) < max(self.config.population, len(seeds)):
             population.append(self.random_individual())

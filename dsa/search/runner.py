@@ -67,7 +67,7 @@ class RunConfig:
         tuples["report_baselines"] = tuple(data.get("report_baselines", REPORT_BASELINES))
         tune = data.get("holdout_tune", ())
         tuples["holdout_tune"] = (tune,) if tune and isinstance(tune, str) else tuple(tune or ())  # older: one text
-        search = {**data["search"], **{k: tuple(data["search"].get(k, ())) for k in ("sparsities", "operands")}}
+        search = {**data["search"], **{k: tuple(data["search"].get(k, ())) for k in ("sparsities", "operands", "seed_functions")}}
         return cls(**{**data, **tuples, "model_config": ModelConfig(**data["model_config"]), "search": SearchConfig(**search)})
 
     @staticmethod

@@ -12,6 +12,7 @@ from pathlib import Path
 from dsa.core.errors import UserError
 from dsa.core.paths import check_input_file
 from dsa.functions.genome import OPERANDS
+from dsa.functions.replay import seed_names
 from evaluators.session import OBJECTIVES
 
 from . import checkpoint, presets
@@ -117,8 +118,13 @@ def check_settings(config: RunConfig) -> None:
         raise UserError("--screen-windows cannot exceed --fitness-windows")
     if set(config.model_names()) & set(config.holdout):
         raise UserError(f"{sorted(set(config.model_names()) & set(config.holdout))[0]} is both a training and a held-out model")
+    for spec in search.seed_functions:
+        if not isinstance(spec, str):
+            raise UserError(f"search.seed_functions: {spec!r} is not a library name or a function file")
+        seed_names(spec, search.allowed_operands(), search.arithmetic)  # a bad seed fails before any model loads
     if search.mode == "per-block":
         for flag, given in (("--models", config.models), ("--holdout", config.holdout), ("--operands", search.operands),
+                            ("--seed-functions", search.seed_functions),
                             ("--guard-check", search.guard_check), ("--mode random", search.random_search)):
             if given:
                 raise UserError(f"--mode per-block evolves one model's ratios, not a function: drop {flag}")

@@ -6,8 +6,9 @@ every matrix at once from the dense weights the session's cached pruner keeps).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 
@@ -15,6 +16,23 @@ from dsa.core.errors import UserError
 from ..models import LoadedModel
 
 NM = tuple[int, int] | None  # keep N of every M consecutive inputs of a row; None: unstructured
+# One block's entry of an allocation: a ratio for all its matrices, or one per matrix by linear
+# name (dsa/allocation/matrices.py); every pruner reads it through ratio_of.
+BlockRatio = Union[float, Mapping[str, float]]
+
+
+def ratio_of(entry: BlockRatio, linear_name: str) -> float:
+    """The ratio a block's entry gives one of its matrices."""
+    if isinstance(entry, Mapping):
+        if linear_name not in entry:
+            raise UserError(f"the per-matrix ratios give no ratio for {linear_name}")
+        return float(entry[linear_name])
+    return float(entry)
+
+
+def is_per_matrix(ratios) -> bool:
+    """Whether an allocation gives some block one ratio per matrix."""
+    return any(isinstance(entry, Mapping) for entry in ratios)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dsa.core.errors import UserError
 from ..calibration import layer_key
 from ..models import LoadedModel
 from ..scores import nm_keep_mask, score_matrix
-from .base import NM, Pruner
+from .base import NM, BlockRatio, Pruner, ratio_of
 
 
 class CachedPruner:
@@ -28,6 +28,7 @@ class CachedPruner:
         self.metric = metric
         self.layers = {layer_key(b.index, n): layer for b in loaded.blocks for n, layer in b.linears.items()}
         self.block_of = {layer_key(b.index, n): b.index for b in loaded.blocks for n in b.linears}
+        self.name_of = {layer_key(b.index, n): n for b in loaded.blocks for n in b.linears}
         self.dense = {key: layer.weight.detach().clone() for key, layer in self.layers.items()}
         self.counts: dict[str, int] | None = None  # weights pruned per row now; None: unknown state
 
@@ -50,8 +51,9 @@ class CachedPruner:
         self.counts = None
 
     @torch.no_grad()
-    def prune(self, block_ratios: Sequence[float]) -> None:
-        """Zero each row's lowest-scoring round(ratio * in_features) weights, all others dense.
+    def prune(self, block_ratios: Sequence[BlockRatio]) -> None:
+        """Zero each row's lowest-scoring round(ratio * in_features) weights, all others dense; a
+        block's entry is its ratio or one per matrix (base.ratio_of).
 
         Incremental: from the previous candidate's state only the difference is zeroed or
         restored, which costs a fraction of a full restore.
@@ -64,7 +66,7 @@ class CachedPruner:
         if self.counts is None:
             self.restore()
         for key, layer in self.layers.items():
-            ratio = block_ratios[self.block_of[key]]
+            ratio = ratio_of(block_ratios[self.block_of[key]], self.name_of[key])
             if not 0.0 <= ratio < 1.0:
                 raise UserError(f"ratio {ratio} of {key} is outside [0, 1)")
             count, current = round(ratio * layer.in_features), self.counts[key]

@@ -6,22 +6,21 @@ from typing import Sequence
 import torch
 
 from ..models import LoadedModel
-from .base import NM, Pruner
+from .base import NM, BlockRatio, Pruner, ratio_of
 from .cached import CachedPruner, prune_from_orders
 
 
 @torch.no_grad()
-def prune_magnitude_per_matrix(loaded: LoadedModel, ratios: Sequence[float]) -> None:
+def prune_magnitude_per_matrix(loaded: LoadedModel, ratios: Sequence[BlockRatio]) -> None:
     """Magnitude pruning as the Wanda, OWL and AlphaPruning code does it: one threshold per matrix.
 
-    Each matrix of block i loses exactly round(ratios[i] * rows * cols) of its smallest |W_ij|
+    Each matrix of block i loses exactly round(ratio * rows * cols), its ratio ratios[i] (or its own), of its smallest |W_ij|
     (ties broken by position), wherever they sit in their rows. (Their code zeroes every weight
     at or below the int(r * n)-th smallest magnitude, the same set up to one weight and ties.)
     """
     for block in loaded.blocks:
-        ratio = float(ratios[block.index])
-        for layer in block.linears.values():
-            count = round(ratio * layer.weight.numel())
+        for name, layer in block.linears.items():
+            count = round(ratio_of(ratios[block.index], name) * layer.weight.numel())
             if count:
                 order = torch.argsort(layer.weight.abs().flatten(), stable=True)
                 layer.weight.view(-1)[order[:count]] = 0.0

@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 
 from ..capture import InputStats, StopForward
 from ..models import LoadedModel
-from .base import NM, Pruner
+from .base import NM, BlockRatio, Pruner, ratio_of
 
 
 @torch.no_grad()
-def sequential_prune(loaded: LoadedModel, windows: torch.Tensor, ratios: Sequence[float], pruner: Pruner,
+def sequential_prune(loaded: LoadedModel, windows: torch.Tensor, ratios: Sequence[BlockRatio], pruner: Pruner,
                      nm: NM = None, batch_size: int = 1) -> None:
-    """Prune every block in order at its ratio (ignored for N:M) with a sequential pruner's rule."""
+    """Prune every block in order at its ratio, or each matrix at its own (ignored for N:M), with a
+    sequential pruner's rule."""
     if not pruner.sequential:
         raise ValueError(f"{pruner.name!r} has no per-layer rule for sequential pruning")
     modules, batches = _capture_block_calls(loaded, windows, batch_size)
@@ -32,9 +33,8 @@ def sequential_prune(loaded: LoadedModel, windows: torch.Tensor, ratios: Sequenc
             _run_block(module, h, batch[block.index])
         for handle in handles:
             handle.remove()
-        ratio = float(ratios[block.index])
         for name, layer in block.linears.items():
-            pruner.prune_layer(layer.weight, stats[name], ratio, nm)
+            pruner.prune_layer(layer.weight, stats[name], ratio_of(ratios[block.index], name), nm)
         hidden = [_run_block(module, h, batch[block.index]) for h, batch in zip(hidden, batches)]
 
 

@@ -18,12 +18,19 @@ def path_of(name: str) -> Path | None:
 
 
 def summary_line(name: str, document: dict, formula: str) -> str:
-    """One line of `apply.py list`: name, sparsity, formula and map, training models, held-out results."""
+    """One line of `apply.py list`: name, sparsity, formula and map, training models, held-out
+    results (and, for a function trained on all the built-in models, its results on them)."""
     meta = document.get("meta", {})
     mapping = document["map"]
     constant = mapping.get("lambda", mapping.get("eps"))
-    held = "; ".join(f"{model} {row['wiki/test']:.2f} vs ATP {row['atp']:.2f} ({row['windows']} windows of wiki/test)"
-                     for model, row in meta.get("held_out", {}).items())
+
+    def rows(results: dict) -> str:
+        return "; ".join(f"{model} {row['wiki/test']:.2f} vs ATP {row['atp']:.2f} ({row['windows']} windows of wiki/test)"
+                         for model, row in results.items())
+
     trained = ", ".join(meta.get("trained_on", [])) or "?"
-    return (f"{name:<15} {meta.get('sparsity', float('nan')):.0%}  {formula} ({mapping['kind']} map {constant:g})"
-            f"  trained on {trained}; held out: {held or 'none'}")
+    line = (f"{name:<15} {meta.get('sparsity', float('nan')):.0%}  {formula} ({mapping['kind']} map {constant:g})"
+            f"  trained on {trained}; held out: {rows(meta.get('held_out', {})) or 'none'}")
+    if meta.get("on_training_models"):
+        line += f"; on its training models: {rows(meta['on_training_models'])}"
+    return line

@@ -195,6 +195,8 @@ def _check_before_loading(args):
         raise UserError("--tune-z compares windows: --atp-windows (default: --eval-windows) must be >= 2")
     if args.save:
         check_save_dir(args.save)
+    elif args.save_format != "dense":
+        raise UserError("--save-format chooses how --save writes the model: give --save DIR too")
     if args.export_llmcompressor:
         check_exportable(args.pruner)
         check_output_file(args.export_llmcompressor, "--export-llmcompressor")
@@ -286,9 +288,10 @@ def _write_outputs(args, report: dict, calibrated, nm) -> None:
                 "achieved_sparsity": report["achieved_sparsity"], "ratios": ratios, "block_names": block_names,
                 "pruner": args.pruner, "wanda_form": args.wanda_form, "structure": args.structure or "unstructured",
                 "data": {k: calibrated.config.as_dict()[k] for k in ("calib_text", "calib_windows", "seqlen")},
-                "ppl": report["ppl"], "eval_windows": args.eval_windows}
-        report["saved_to"] = str(save_pruned(calibrated.loaded, args.save, info))
-        print(f"pruned model saved to {args.save} (AutoModelForCausalLM.from_pretrained loads it)")
+                "ppl": report["ppl"], "eval_windows": args.eval_windows, "weights": args.save_format}
+        report["saved_to"] = str(save_pruned(calibrated.loaded, args.save, info, args.save_format))
+        print(f"pruned model saved to {args.save} " + ("(AutoModelForCausalLM.from_pretrained loads it)"
+              if args.save_format == "dense" else "(sparse-bitmask; apply.py --model DIR and dsa.load_model load it)"))
     if args.export_llmcompressor:
         report["llmcompressor_recipe"] = str(_write_recipe(args.export_llmcompressor, args, label, block_names,
                                                            ratios, nm))
@@ -522,6 +525,9 @@ def _run_parser(sub, hide):
     prune.add_argument("--no-uniform", action="store_true", help=hide("with --function: skip the uniform comparison"))
     prune.add_argument("--save", default=None, metavar="DIR",
                        help="save the pruned model (safetensors), its tokenizer and dsa.json here")
+    prune.add_argument("--save-format", choices=("dense", "bitmask"), default="dense",
+                       help="with --save: dense tensors with zeros, or the pruned matrices in compressed-tensors' "
+                            "sparse-bitmask layout (smaller on disk; default: %(default)s)")
     prune.add_argument("--export-llmcompressor", default=None, metavar="FILE",
                        help=hide("also write an llm-compressor recipe (YAML, or JSON for *.json); apply.py export "
                                  "writes one without pruning"))

@@ -16,7 +16,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from . import assets
+from . import assets, bitmask
 from dsa.core.storage import staged_directory, tensors_digest
 from dsa.core.errors import UserError
 
@@ -211,6 +211,8 @@ def _load_pretrained(source, local: bool, dtype):
 
     def load(local_only: bool):
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        if bitmask.is_bitmask_save(source):  # transformers 5 has no reader for it (evaluators/bitmask.py)
+            return bitmask.read_bitmask_model(source, dtype), tok
         mdl = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
         return mdl, tok
 

@@ -23,11 +23,12 @@ from sympy.core.function import AppliedUndef
 import apply
 from conftest import run_main
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios
-from dsa.outputs.export import MODIFIERS, llmcompressor_recipe, recipe_sparsities
+from dsa.outputs.export import MODIFIERS, llmcompressor_recipe, recipe_sparsities, save_pruned
 from dsa.functions.files import importance_expr, simplified_expr
 from dsa.functions.replay import function_ratios, load_function
 from evaluators.session import EvaluationSession
-from evaluators.models import find_blocks
+from evaluators import bitmask
+from evaluators.models import find_blocks, load_model
 from evaluators.perplexity import window_nll
 from search_space import post, pre, reduction, transform
 
@@ -137,6 +138,7 @@ def applied(calibrated, tmp_path_factory):
                     "--eval-zero-shot", "dsa_tiny_facts", "--tasks-dir", str(tasks)])
         # what the pruned model in memory is now, before any other test touches the calibrated
         out["zeros"] = zero_counts(calibrated.loaded.model)
+        out["bitmask"] = save_pruned(calibrated.loaded, tmp / "bitmask", {"achieved_sparsity": SPARSITY}, "bitmask")
         out["own_choices"] = [choice_loglikelihoods(calibrated.loaded.model, calibrated.loaded.tokenizer, q, c)
                               for q, c, _ in FACTS]
     finally:
@@ -181,6 +183,36 @@ def test_saved_model_reloads_identically(applied, calibrated):
     assert tokenizer(text).input_ids == calibrated.loaded.tokenizer(text).input_ids
     ppl = math.exp(window_nll(model, windows, 2).sum().item() / (windows.numel() - len(windows)))
     assert ppl == pytest.approx(report["ppl"]["wiki/test"], rel=1e-6)
+
+
+def test_bitmask_layout_by_hand():
+    weight = torch.tensor([[0.0, 1.5, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 4.0], [3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    fields = bitmask.compress(weight)
+    assert fields["shape"].tolist() == [2, 9] and fields["compressed"].tolist() == [1.5, 2.0, 4.0, 3.0]
+    assert fields["bitmask"].tolist() == [[0b00001010, 0b1], [0b1, 0]]  # bit j of byte b: column 8b + j
+    assert fields["row_offsets"].tolist() == [0, 3]
+    assert torch.equal(bitmask.decompress(fields), weight)
+
+
+def test_bitmask_save_is_smaller_and_loads_back_identically(applied, calibrated):
+    from safetensors.torch import load_file
+
+    dense, packed = applied["save"] / "model.safetensors", applied["bitmask"] / "model.safetensors"
+    stored = load_file(packed)
+    linears = [f"{b.name}.{n}" for b in calibrated.blocks for n in b.linears]
+    assert all(f"{name}.{key}" in stored for name in linears for key in bitmask.FIELDS)
+    assert not any(f"{name}.weight" in stored for name in linears)
+    config = json.loads((applied["bitmask"] / "config.json").read_text())["quantization_config"]
+    assert config["sparsity_config"]["format"] == "sparse-bitmask" and config["quant_method"] == "compressed-tensors"
+    # float32 at 50 %: half the block weights plus one bit each; embeddings stay dense
+    assert 0.55 < packed.stat().st_size / dense.stat().st_size < 0.75
+    loaded = load_model(str(applied["bitmask"]))
+    reference = load_file(dense)
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in reference.items())
+    windows = calibrated.windows("wiki/test", 2)
+    ppl = math.exp(window_nll(loaded.model, windows, 2).sum().item() / (windows.numel() - len(windows)))
+    assert ppl == pytest.approx(applied["report"]["ppl"]["wiki/test"], rel=1e-6)
 
 
 def test_llmcompressor_recipe_carries_the_ratios(applied, calibrated):

@@ -166,6 +166,7 @@ def test_help_lists_at_most_twenty_options(capsys):
     (("--function", DEPTH_FUNCTION, "--tune-spread", "--tune-z", "2", "--atp-windows", "1"),
      "must be >= 2"),
     (("--eval", "wiki/tset"), "unknown text 'wiki/tset'"), (("--atp-text", "calib-next", "wiki/tset"), "unknown text"),
+    (("--save-format", "bitmask"), "give --save DIR too"),
 ])
 def test_apply_options_refused_before_loading(capsys, monkeypatch, argv, message):
     monkeypatch.setattr(apply, "_session", lambda args: pytest.fail("a model was loaded"))

@@ -2,7 +2,9 @@
 
 - save_pruned: the pruned model as a Hugging Face directory (safetensors), its tokenizer and
   dsa.json (function, ratios, achieved sparsity, pruner, data), so that
-  AutoModelForCausalLM.from_pretrained(DIR) gives the same model and the same perplexity.
+  AutoModelForCausalLM.from_pretrained(DIR) gives the same model and the same perplexity; or,
+  with weights="bitmask", the pruned matrices in compressed-tensors' sparse-bitmask layout
+  (evaluators/bitmask.py), which dsa's loader reads back.
 - llmcompressor_recipe / write_recipe: a one-shot recipe for vllm-project/llm-compressor's
   SparseGPTModifier or WandaPruningModifier with one sparsity per decoder block, so the
   allocation can be re-applied in a serving stack's toolchain.
@@ -25,6 +27,7 @@ from typing import Sequence
 from dsa.core.storage import atomic_write_text, new_file_mode, staged_directory
 from dsa.core.paths import check_output_dir
 from dsa.core.errors import UserError
+from evaluators import bitmask
 from evaluators.models import LoadedModel
 from evaluators.pruners.base import is_per_matrix
 from evaluators.pruners.sparsegpt import SPARSEGPT_BLOCK_SIZE, SPARSEGPT_DAMPING
@@ -75,14 +78,19 @@ def saved_files(marker: Path) -> set[str] | None:
     return set(files) if plain else None
 
 
-def save_pruned(loaded: LoadedModel, directory, info: dict) -> Path:
-    """Write model (safetensors), tokenizer and dsa.json to `directory` (replacing an earlier save)."""
+def save_pruned(loaded: LoadedModel, directory, info: dict, weights: str = "dense") -> Path:
+    """Write model (safetensors), tokenizer and dsa.json to `directory` (replacing an earlier save).
+    weights="bitmask": the pruned matrices in compressed-tensors' sparse-bitmask layout."""
     out = check_save_dir(directory)
     with staged_directory(out) as tmp:
-        loaded.model.save_pretrained(tmp)
+        loaded.model.save_pretrained(tmp, max_shard_size="1000GB")  # one file: the bitmask layout rewrites it
         loaded.tokenizer.save_pretrained(tmp)
         if not any(tmp.glob("*.safetensors")):
             raise UserError(f"the model was not saved as safetensors in {out}")
+        if weights == "bitmask":
+            names = {id(module): name for name, module in loaded.model.named_modules()}
+            bitmask.compress_file(tmp, [f"{names[id(layer)]}.weight" for block in loaded.blocks
+                                        for layer in block.linears.values()], info["achieved_sparsity"])
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / SAVE_MARKER).write_text(json.dumps({**info, "files": files}, indent=2))
         for path in tmp.iterdir():  # safetensors writes 0600; a saved model is shared like any other file

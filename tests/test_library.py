@@ -7,12 +7,13 @@ import torch
 
 from dsa.core.errors import UserError
 from dsa.functions import library
-from dsa.functions.files import FunctionError, importance_expr
+from dsa.functions.files import DSA_PUBLISHED, FunctionError, importance_expr
 from dsa.functions.replay import function_ratios, load_function
 
 
 def test_every_library_function_loads_by_name_with_its_provenance():
-    assert {"tanh-ramp-60", "tanh-ramp-70", "tanh2-ramp-60", "tanh2-ramp-70"} <= set(library.names())
+    assert {"tanh-ramp-60", "tanh-ramp-70", "tanh2-ramp-60", "tanh2-ramp-70", "tanh-ramp-70-all3",
+            "dsa-published"} <= set(library.names())
     for name in library.names():
         document = load_function(name)
         meta = document["meta"]
@@ -20,6 +21,15 @@ def test_every_library_function_loads_by_name_with_its_provenance():
         assert 0 < meta["sparsity"] < 1 and len(meta["trained_on"]) >= 1
         assert all(model not in meta["trained_on"] for model in meta["held_out"])
     assert str(importance_expr(load_function("tanh2-ramp-70"))) == "tanh(mean(tanh(d)))"
+
+
+def test_shipped_dsa_published_is_the_baselines_function():
+    """The library file and --allocation dsa-published (DSA_PUBLISHED, checked against DSA's code
+    in test_dsa_fidelity.py) are one function: the same stages and lambda."""
+    stages = ("importance", "transform", "post", "map")
+    assert {k: load_function("dsa-published")[k] for k in stages} == {k: DSA_PUBLISHED[k] for k in stages}
+    meta = load_function("dsa-published")["meta"]
+    assert set(meta["held_out"]) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"} and meta["trained_on"] == ["llama-1-7b"]
 
 
 def test_a_depth_ramp_gives_the_ratios_computed_by_hand():

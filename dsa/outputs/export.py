@@ -83,7 +83,8 @@ def save_pruned(loaded: LoadedModel, directory, info: dict, weights: str = "dens
     weights="bitmask": the pruned matrices in compressed-tensors' sparse-bitmask layout."""
     out = check_save_dir(directory)
     with staged_directory(out) as tmp:
-        loaded.model.save_pretrained(tmp, max_shard_size="1000GB")  # one file: the bitmask layout rewrites it
+        # the bitmask layout rewrites one file: no shards then
+        loaded.model.save_pretrained(tmp, **({"max_shard_size": "1000GB"} if weights == "bitmask" else {}))
         loaded.tokenizer.save_pretrained(tmp)
         if not any(tmp.glob("*.safetensors")):
             raise UserError(f"the model was not saved as safetensors in {out}")

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from dsa.allocation.allocate import METHODS, SHAPE_METHODS, BaselineOptions
-from dsa.allocation.matrices import flatten, matrix_table, parameter_sparsity
+from dsa.allocation.matrices import MatrixUnits, flatten, matrix_table, parameter_sparsity
 from dsa.core.constants import DLP_ALPHA, OWL_LAMBDA, OWL_M, alpha_eps_for
 from dsa.functions import guards, library
-from dsa.functions.files import describe, importance_expr, map_of, same_formula
+from dsa.functions.files import describe, importance_expr, is_matrix_function, map_of, same_formula
 from dsa.functions.replay import function_ratios, load_function
 from dsa.outputs.ratio_files import weighted_mean, write_matrix_ratio_files, write_ratio_files
 from dsa.protocol import allocation, one_model
@@ -34,6 +34,7 @@ from dsa.outputs.export import check_exportable, check_save_dir, llmcompressor_r
 from dsa.core.storage import atomic_write_text
 from dsa.core.paths import check_new_output_dir, check_output_file
 from dsa.core.errors import UserError, exits_cleanly
+from dsa.core.guards import DEFAULT_GUARDS
 from evaluators.pruners import parse_structure
 from evaluators.pruners.base import is_per_matrix
 from evaluators.session import PRUNERS, WANDA_FORMS, EvaluationSession
@@ -124,6 +125,18 @@ def _model_for(args, functions: list[dict]):
     if not any(allocation.needs_weights(function) for function in functions):
         return model_layout(args.model)
     return _session(args)
+
+
+def _flat_ratios(function: dict, model, sparsity: float, moved: bool = False) -> tuple[list[float], list[float], list[str]]:
+    """(ratios, importance values, a label per entry) of a function on a Layout or a session: one
+    entry per block, or per matrix for a per-matrix function ('block 3 v'); `moved`: every guard moved."""
+    blocks = model.blocks if isinstance(model, Layout) else model.calibrated.blocks
+    units = MatrixUnits.of(blocks) if is_matrix_function(function) else None
+    ratios, values = function_ratios(function, model.block_matrices, model.n_blocks, model.sizes, sparsity,
+                                     guards.MOVED_GUARDS if moved else DEFAULT_GUARDS, units)
+    labels = ([f"{index:5d} {role:>4}" for index, _, role, _ in matrix_table(blocks)] if units
+              else [f"{index:5d}" for index in range(len(ratios))])
+    return ratios, values, labels
 
 
 def _options(args) -> BaselineOptions:
@@ -402,7 +415,8 @@ def export(args) -> None:
 
 def _export_matrices(args, out: Path, model, info: dict, names: list[str], start: float) -> None:
     """export --granularity matrix: one ratio per prunable matrix, in ratios.csv with its role."""
-    ratios, values = allocation.matrix_ratios_on(model, args.sparsity, args.allocation, _options(args))
+    ratios, values = allocation.matrix_ratios_on(model, args.sparsity, args.allocation, _options(args),
+                                                 function=info["function"])
     blocks = model.blocks if isinstance(model, Layout) else model.calibrated.blocks
     paths = write_matrix_ratio_files(out, info | {"values": values}, blocks, ratios)
     paths.append(_write_recipe(out / _recipe_name(), args, info["allocation"], names, ratios))
@@ -419,15 +433,17 @@ def _check_export(args) -> tuple[dict | None, str]:
     """(the function or None, the allocation's label), everything checked before any model loads."""
     check_exportable(args.pruner)
     _check_constants(args)
-    if args.granularity == "matrix" and args.allocation not in allocation.MATRIX_METHODS:
-        raise UserError(f"--granularity matrix exports {', '.join(allocation.MATRIX_METHODS)} (--allocation); "
-                        "functions give one ratio per block")
+    if args.granularity == "matrix" and args.function is None and args.allocation not in allocation.MATRIX_METHODS:
+        raise UserError(f"--granularity matrix exports a function or {', '.join(allocation.MATRIX_METHODS)} "
+                        "(--allocation); the other baselines give one ratio per block")
     if args.allocation == "atp" and args.atp_step is None:
         raise UserError("export --allocation atp needs --atp-step (ATP's step is chosen by pruning: "
                         "apply.py run --allocation atp prints the one it chose)")
     if args.function is None:
         return None, args.allocation
     (label, function), = _labelled_functions([args.function]).items()
+    if is_matrix_function(function) and args.granularity != "matrix":
+        raise UserError(f"{label} sets one ratio per matrix: export it with --granularity matrix")
     return function, label
 
 
@@ -453,12 +469,12 @@ def show(args) -> None:
     print(describe(function))
     if args.model:
         model = _model_for(args, [function])
-        ratios, values = function_ratios(function, model.block_matrices, model.n_blocks, model.sizes, args.sparsity)
-        print(f"\n{args.model} at {args.sparsity:g}:\nblock  importance  ratio")
-        for index, (value, ratio) in enumerate(zip(values, ratios)):
-            print(f"{index:5d}  {value:10.4g}  {ratio:.4f}")
-        moved, _ = function_ratios(function, model.block_matrices, model.n_blocks, model.sizes,
-                                   args.sparsity, guards.MOVED_GUARDS)  # the same function, every guard moved
+        ratios, values, labels = _flat_ratios(function, model, args.sparsity)
+        unit = "block role" if is_matrix_function(function) else "block"
+        print(f"\n{args.model} at {args.sparsity:g}:\n{unit}  importance  ratio")
+        for label, value, ratio in zip(labels, values, ratios):
+            print(f"{label}  {value:10.4g}  {ratio:.4f}")
+        moved, _, _ = _flat_ratios(function, model, args.sparsity, moved=True)  # the same function, every guard moved
         shift = guards.guard_shift(ratios, moved)
         verdict = ("reads a guard (search.py --guard-check rejects it)" if shift > guards.GUARD_TOLERANCE
                    else "reads no guard")
@@ -479,13 +495,16 @@ def diff(args) -> bool:
     if not args.model:
         return same
     model = _model_for(args, [first, second])
-    ratios_a, _ = function_ratios(first, model.block_matrices, model.n_blocks, model.sizes, args.sparsity)
-    ratios_b, _ = function_ratios(second, model.block_matrices, model.n_blocks, model.sizes, args.sparsity)
+    if is_matrix_function(first) != is_matrix_function(second):
+        print(f"same ratios on {args.model}: no (one sets a ratio per matrix, the other per block)")
+        return False
+    ratios_a, _, labels = _flat_ratios(first, model, args.sparsity)
+    ratios_b, _, _ = _flat_ratios(second, model, args.sparsity)
     gaps = [abs(x - y) for x, y in zip(ratios_a, ratios_b)]
     worst = max(range(len(gaps)), key=gaps.__getitem__)
     same_ratios = gaps[worst] <= args.tolerance
     print(f"same ratios on {args.model} at {args.sparsity:g}: {'yes' if same_ratios else 'no'} "
-          f"(largest difference {gaps[worst]:.3g} at block {worst}, tolerance {args.tolerance:g})")
+          f"(largest difference {gaps[worst]:.3g} at block {' '.join(labels[worst].split())}, tolerance {args.tolerance:g})")
     return same and same_ratios
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dsa.core.errors import UserError, exits_cleanly
 from dsa.core.paths import check_output_dir
-from dsa.functions.genome import OPERANDS
+from dsa.functions.genome import GRANULARITIES, MATRIX_OPERANDS
 from dsa.search import checkpoint, presets, settings
 from dsa.search.settings import FINAL_PRUNERS
 from dsa.search.evolution import FITNESS_FORMS, SearchConfig, SearchState, check_state
@@ -197,8 +197,12 @@ def _evolution(e) -> None:
     e.add_argument("--mutpb", type=_probability, help=f"mutation probability (default: {d.mutpb})")
     e.add_argument("--seed", type=int, help=f"random seed; same seed, same result (default: {d.seed})")
     e.add_argument("--arithmetic", action="store_true", help="allow reductions joined by + - * / (beyond DSA)")
-    e.add_argument("--operands", nargs="+", choices=OPERANDS, metavar="NAME",
-                   help=f"operands functions may read, of {', '.join(OPERANDS)} (default: all)")
+    e.add_argument("--granularity", choices=GRANULARITIES,
+                   help="block: one ratio per decoder block; matrix: one per prunable matrix (the pipeline per "
+                        "matrix, plus one ratio offset per role q k v o gate up down) (default: block)")
+    e.add_argument("--operands", nargs="+", choices=MATRIX_OPERANDS, metavar="NAME",
+                   help=f"operands functions may read, of {', '.join(MATRIX_OPERANDS)} (share: per matrix only; "
+                        "default: all)")
     e.add_argument("--seed-functions", nargs="+", metavar="NAME|FILE",
                    help="library functions (apply.py list) or function files the first generation starts from, "
                         "beside the baselines")

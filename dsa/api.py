@@ -154,7 +154,8 @@ def allocate(model, allocation, sparsity: float, *, calib: str | None = None, to
     `pruner`: the pruner the ratios are for (AlphaPruning's eps; ATP's choice). `atp_lambda`:
     ATP's spread (step 2 lambda / (L - 1)); without it ATP's lambda is chosen on wiki/validation.
     `granularity="matrix"`: one {linear name: ratio} per block instead (uniform, ATP's ramp, OWL
-    with its outlier ratio per matrix), the budget over parameters; `prune` takes either form.
+    with its outlier ratio per matrix, or a function run on each matrix; a per-matrix function,
+    one with role offsets, needs it), the budget over parameters; `prune` takes either form.
     """
     if not 0.0 < sparsity < 1.0:
         raise UserError(f"sparsity {sparsity} is outside (0, 1)")
@@ -179,8 +180,10 @@ def _baseline(held: HeldModel, method: str, sparsity: float, pruner: str, atp_la
 
 
 def _matrix_baseline(held: HeldModel, method, sparsity: float, pruner: str, atp_lambda: float | None) -> list[dict]:
-    if not (isinstance(method, str) and method in MATRIX_METHODS):
-        raise UserError(f"at matrix granularity the allocation is one of {', '.join(MATRIX_METHODS)}")
+    if not (isinstance(method, str) and method in METHODS):
+        return matrix_ratios_on(EvaluationSession(held), sparsity, function=_function(method))[0]
+    if method not in MATRIX_METHODS:
+        raise UserError(f"at matrix granularity the allocation is a function or one of {', '.join(MATRIX_METHODS)}")
     block_form = _baseline(held, method, sparsity, pruner, atp_lambda) if method == "atp" else None
     if block_form is not None:
         return expand(block_form, held.blocks)

@@ -108,8 +108,12 @@ def test_matrix_granularity_allocates_and_prunes_per_matrix(dense_calibrated):
         for name, layer in block.linears.items():
             assert int((layer.weight == 0).sum()) == round(owl[block.index][name] * layer.weight.numel())
     assert achieved == pytest.approx(0.7, abs=1e-5)
-    with pytest.raises(UserError, match="at matrix granularity the allocation is one of uniform, owl, atp"):
+    with pytest.raises(UserError, match="at matrix granularity the allocation is a function or one of uniform, owl, atp"):
         dsa.allocate(loaded.model, "alphapruning", 0.7, granularity="matrix")
+    # A library function run on each matrix: a function of depth gives every matrix its block's ratio.
+    ramp = dsa.allocate(loaded.model, "tanh-ramp-70", 0.7, granularity="matrix")
+    for entry, ratio in zip(ramp, dsa.allocate(loaded.model, "tanh-ramp-70", 0.7)):
+        assert list(entry.values()) == pytest.approx([ratio] * 7, abs=1e-12)
 
 
 def test_bad_input_is_one_line(dense_calibrated):

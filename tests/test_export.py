@@ -127,4 +127,4 @@ def test_per_matrix_export_names_every_matrix(calibrated, capsys, monkeypatch, t
     assert document["ratios"] == expected and document["weighted_sparsity"] == pytest.approx(0.7, abs=1e-12)
     code, _, err = run_main(capsys, "export", "--allocation", "alphapruning", "--granularity", "matrix",
                             "--out", str(tmp_path / "alpha"))
-    assert code == 2 and "--granularity matrix exports uniform, owl, atp" in err
+    assert code == 2 and "--granularity matrix exports a function or uniform, owl, atp" in err

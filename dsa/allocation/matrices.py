@@ -13,6 +13,7 @@ down. LLaMA, Qwen2 and Gemma-3 name their linears `self_attn.{q,k,v,o}_proj` and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -42,6 +43,47 @@ def matrix_table(blocks) -> list[tuple[int, str, str, int]]:
     Block list (of a loaded model or of an architecture Layout)."""
     return [(block.index, name, role_of(name), layer.weight.numel())
             for block in blocks for name, layer in block.linears.items()]
+
+
+@dataclass(frozen=True)
+class MatrixUnits:
+    """Each block's prunable matrices as a per-matrix function sees them: their linear names, roles
+    and parameter counts, block by block in matrix_table's order (plain data: it travels to and
+    from workers)."""
+
+    names: tuple[tuple[str, ...], ...]
+    roles: tuple[tuple[str, ...], ...]
+    counts: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, blocks) -> "MatrixUnits":
+        table = matrix_table(blocks)
+        column = lambda k: tuple(tuple(row[k] for row in table if row[0] == block.index) for block in blocks)  # noqa: E731
+        return cls(column(1), column(2), column(3))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MatrixUnits":
+        return cls(*(tuple(tuple(row) for row in data[key]) for key in ("names", "roles", "counts")))
+
+    def as_dict(self) -> dict:
+        return {"names": self.names, "roles": self.roles, "counts": self.counts}
+
+    def entries(self, flat) -> list[dict[str, float]]:
+        """A flat per-matrix vector as one {linear name: ratio} per block (what the pruners take)."""
+        values = iter(torch.as_tensor(flat, dtype=torch.float64).reshape(-1).tolist())
+        entries = [{name: next(values) for name in names} for names in self.names]
+        if next(values, None) is not None:
+            raise ValueError("more ratios than matrices")
+        return entries
+
+    @property
+    def flat_roles(self) -> list[str]:
+        return [role for roles in self.roles for role in roles]
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """Each matrix's parameter count (float64): the budget's weights."""
+        return torch.tensor([float(c) for counts in self.counts for c in counts], dtype=torch.float64)
 
 
 def per_matrix(flat, blocks) -> list[dict[str, float]]:

@@ -11,6 +11,7 @@ import os
 import torch
 
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios, block_alphas
+from dsa.allocation.matrices import MatrixUnits
 from dsa.core.constants import alpha_eps_for
 from dsa.core.guards import DEFAULT_GUARDS, MOVED_GUARDS
 from dsa.functions.codec import node_name
@@ -30,22 +31,25 @@ class Worker:
         if threads:
             torch.set_num_threads(threads)  # the cores this worker was given, not the machine's
         self.session = EvaluationSession(calibrated, fitness_text, fitness_windows, objective)
-        self.features_fn = features_on(self.session.block_matrices, self.session.n_blocks)
+        self.units = MatrixUnits.of(self.session.calibrated.blocks)
+        self.features_fn = {"block": features_on(self.session.block_matrices, self.session.n_blocks),
+                            "matrix": features_on(self.session.block_matrices, self.session.n_blocks, self.units)}
 
     def info(self) -> dict:
         return {"model": self.session.calibrated.config.model, "sizes": self.session.sizes.tolist(),
                 "tokens_per_window": self.session.tokens_per_window, "pid": os.getpid(),
+                "units": self.units.as_dict(),  # its matrices, for per-matrix functions
                 "device": str(self.session.calibrated.loaded.device),
                 # Ray gives a GPU actor exactly its own device(s); the model then goes to cuda:0 of those.
                 "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
-    def features(self, node: Node, guards_moved: bool = False) -> list[float]:
-        """A prefix's per-block values; with `guards_moved`, computed with the ops' guard constants
-        moved (dsa.functions.guards), for the search's guard check."""
+    def features(self, node: Node, guards_moved: bool = False, granularity: str = "block") -> list[float]:
+        """A prefix's per-block (`granularity="matrix"`: per-matrix) values; with `guards_moved`,
+        computed with the ops' guard constants moved (dsa.functions.guards), for the guard check."""
         key = prefix_key(node)
-        if key in CACHED_ALPHAS:  # AlphaPruning's own metric: from its per-model disk cache, SVDs once (no guards)
+        if key in CACHED_ALPHAS and granularity == "block":  # AlphaPruning's metric: its disk cache, SVDs once
             return block_alphas(self.session.calibrated, CACHED_ALPHAS[key]).tolist()
-        return self.features_fn(node, guards=MOVED_GUARDS if guards_moved else DEFAULT_GUARDS)
+        return self.features_fn[granularity](node, guards=MOVED_GUARDS if guards_moved else DEFAULT_GUARDS)
 
     def losses(self, ratios: list[float], indices: list[int], form: str = "cached") -> list[float]:
         return self.session.window_losses(ratios, indices, form)

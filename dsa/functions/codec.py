@@ -1,15 +1,18 @@
 """Genome node names, written and read in one place.
 
 A node is named `<stage>_<op>` ('pre1_abslog', 'pre1_dsa_abslog', 'red_var', 'arith_sub', 'tr2_atan',
-'post_rank', 'map_owl', 'map_dsa'), or is an operand ('wanda', 'magnitude', 'weight', 'depth'), or a
-map constant ('lam_0p08', 'eps_0p3': the value with '.' written 'p', as DEAP names must be identifiers).
+'post_rank', 'map_owl', 'map_dsa', 'role_offsets'), or is an operand ('wanda', 'magnitude', 'weight',
+'depth', 'share'), or a constant ('lam_0p08', 'eps_0p3', 'off_m0p04': the value with '.' written 'p' and
+'-' written 'm', as DEAP names must be identifiers).
 """
 from __future__ import annotations
 
 DEPTH = "depth"  # the operand holding each block's relative depth (made by the interpreter)
+SHARE = "share"  # per-matrix functions: the matrix's share of its block's prunable parameters
 
-STAGES = ("pre1", "pre2", "red", "arith", "tr1", "tr2", "post", "map")
-CONSTANT_KINDS = ("lam", "eps")
+STAGES = ("pre1", "pre2", "red", "arith", "tr1", "tr2", "post", "map", "role")
+CONSTANT_KINDS = ("lam", "eps", "off")  # map lambda, map eps, a role's ratio offset
+ROLE_OFFSETS = "role_offsets"  # the root of a per-matrix function: ratios + one offset per matrix role
 
 
 def node_name(stage: str, op: str) -> str:
@@ -37,11 +40,11 @@ def op_of(name: str) -> str:
 def const_name(kind: str, value: float) -> str:
     if kind not in CONSTANT_KINDS:
         raise ValueError(f"unknown constant kind {kind!r}")
-    return f"{kind}_{value:g}".replace(".", "p")
+    return f"{kind}_{value:g}".replace(".", "p").replace("-", "m")
 
 
 def const_value(name: str) -> float:
     kind, text = split_name(name)
     if kind not in CONSTANT_KINDS:
         raise ValueError(f"{name!r} is not a constant")
-    return float(text.replace("p", "."))
+    return float(text.replace("p", ".").replace("m", "-"))

@@ -8,6 +8,11 @@
 {"op": "sub", "args": [importance, importance]} (tree-shaped functions). "map" is
 {"kind": "owl" | "dsa", "lambda": x} or {"kind": "alpha", "eps": x}. Operands: wanda,
 magnitude, weight, depth. Files are validated field by field and never executed.
+
+A per-matrix function adds "roles": {"q": b_q, "k": ..., "down": b_down}, one ratio offset per
+matrix role: its pipeline then runs on each prunable matrix (depth is its block's; the operand
+`share` is its share of the block's parameters) and ratio = map(importance) + b_role, the budget
+restored by one shift.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ from sympy.core.function import AppliedUndef
 
 from search_space import post, pre, reduction, transform
 
-from .codec import const_name, const_value, node_name, op_of, stage_of
-from .codec import DEPTH
-from .genome import ARITHMETIC, LAMBDA_MAPS, MAX_ARITHMETIC_DEPTH, OPERANDS
+from dsa.allocation.matrices import ROLES
+
+from .codec import DEPTH, SHARE, const_name, const_value, node_name, op_of, stage_of
+from .genome import ARITHMETIC, LAMBDA_MAPS, MATRIX_OPERANDS, MAX_ARITHMETIC_DEPTH, at_matrix_granularity
 
 FORMAT = "dsa-function"
 VERSION = 1
@@ -29,6 +35,7 @@ MAX_NOTE_CHARS = 4000  # a free-text note of where a function came from
 MAP_KINDS = (*LAMBDA_MAPS, "alpha")
 # lambda: ratios S + 2 lambda (minmax - mean) stay a spread around S; eps: AlphaPruning's [S - eps, S + eps].
 LEGAL_RANGE = {"lambda": (0.0, 0.5), "eps": (0.0, 1.0)}
+OFFSET_RANGE = (-0.5, 0.5)  # a role's ratio offset
 
 # DSA's published function (lliai/DSA README.md: --graph_string "W:(ABSLOG)-(VAR)-(ATAN,ASIN)-(7)",
 # prune method wanda_owl_search, --Lamda 0.08 by default) in this project's ops, as DSA's code
@@ -80,7 +87,7 @@ def _importance_names(node, depth: int = 0) -> list[str]:
         return [node_name("arith", node["op"]), *_importance_names(node["args"][0], depth + 1),
                 *_importance_names(node["args"][1], depth + 1)]
     _expect(set(node) == {"operand", "pre", "reduction"}, "importance takes 'operand', 'pre', 'reduction'")
-    _name_in(node["operand"], OPERANDS, "operand")
+    _name_in(node["operand"], MATRIX_OPERANDS, "operand")
     _name_in(node["reduction"], reduction.OPS, "reduction")
     ops = _op_list(node["pre"], pre.OPS, "pre") + ["noop", "noop"]
     return [node_name("red", node["reduction"]), node_name("pre2", ops[1]), node_name("pre1", ops[0]), node["operand"]]
@@ -112,9 +119,29 @@ def _constant(mapping) -> str:
     # Any constant of the map's legal range: the search's grid is its mutation step, not a rule for files.
     low, high = LEGAL_RANGE[_constant_key(kind)]
     _expect(low <= value <= high, f"map {_constant_key(kind)} {value} is outside [{low}, {high}]")
-    name = const_name("lam" if kind in LAMBDA_MAPS else "eps", value)
-    _expect(const_value(name) == value, f"map constant {value}: give at most 6 significant digits")
+    return _constant_name("lam" if kind in LAMBDA_MAPS else "eps", value, "map constant")
+
+
+def _constant_name(kind: str, value: float, what: str) -> str:
+    name = const_name(kind, value)
+    _expect(const_value(name) == value, f"{what} {value}: give at most 6 significant digits")
     return name
+
+
+def _role_offsets(roles) -> dict[str, float]:
+    """A per-matrix function's "roles": one offset per role, each in OFFSET_RANGE."""
+    _expect(isinstance(roles, dict) and set(roles) == set(ROLES),
+            f"roles must be an object with one offset for each of {', '.join(ROLES)}")
+    offsets = {role: _finite_number(roles[role], f"role offset {role}") for role in ROLES}
+    low, high = OFFSET_RANGE
+    for role, value in offsets.items():
+        _expect(low <= value <= high, f"role offset {role} {value} is outside [{low}, {high}]")
+    return offsets
+
+
+def is_matrix_function(data) -> bool:
+    """Whether a validated function sets one ratio per matrix (it has role offsets)."""
+    return "roles" in data
 
 
 def to_names(data) -> list[str]:
@@ -124,7 +151,7 @@ def to_names(data) -> list[str]:
     version = data.get("version")
     _expect(type(version) is int and version == VERSION,
             f"unsupported version {_show(version)} (this tool reads {VERSION})")
-    allowed = {"format", "version", "importance", "transform", "post", "map", "meta", "note"}
+    allowed = {"format", "version", "importance", "transform", "post", "map", "meta", "note", "roles"}
     _expect(set(data) <= allowed, f"unknown fields {_show(sorted(set(data) - allowed), 80)}")
     _expect(isinstance(data.get("meta", {}), dict), "meta must be an object")
     _expect(isinstance(data.get("note", ""), str) and len(data.get("note", "")) <= MAX_NOTE_CHARS,
@@ -133,13 +160,24 @@ def to_names(data) -> list[str]:
     _name_in(data.get("post", "noop"), post.OPS, "post op")
     mapping = data.get("map")
     constant = _constant(mapping)
-    return [node_name("map", mapping["kind"]), node_name("post", data.get("post", "noop")),
-            node_name("tr2", transforms[1]), node_name("tr1", transforms[0]),
-            *_importance_names(data.get("importance")), constant]
+    names = [node_name("map", mapping["kind"]), node_name("post", data.get("post", "noop")),
+             node_name("tr2", transforms[1]), node_name("tr1", transforms[0]),
+             *_importance_names(data.get("importance")), constant]
+    if "roles" not in data:
+        _expect(SHARE not in names, "the share operand needs a per-matrix function (add 'roles')")
+        return names
+    offsets = _role_offsets(data["roles"])
+    for role, value in offsets.items():
+        _constant_name("off", value, f"role offset {role}")
+    return at_matrix_granularity(names, offsets)
 
 
 def from_root(root) -> dict:
     """Genome (parsed pipeline.Node) -> function document."""
+    if stage_of(root.name) == "role":
+        return {**from_root(root.children[0]),
+                "roles": {role: const_value(child.name) for role, child in zip(ROLES, root.children[1:])}}
+
     def importance(node):
         if stage_of(node.name) == "arith":
             return {"op": op_of(node.name), "args": [importance(c) for c in node.children]}
@@ -176,10 +214,11 @@ def importance_expr(data) -> sympy.Expr:
     return post.OPS[data.get("post", "noop")].sym(expr)
 
 
-OPERAND_SYMBOL = {"weight": "W", DEPTH: "d"}  # others: x
+OPERAND_SYMBOL = {"weight": "W", DEPTH: "d", SHARE: "s"}  # others: x
 OPERAND_MEANING = {"wanda": "x = Wanda score |W_ij| * ||X_j||", "magnitude": "x = magnitude |W_ij|",
                    "weight": "W = the weight matrices of the block",
-                   DEPTH: "d = the block's relative depth i / (L - 1) (0 first block, 1 last)"}
+                   DEPTH: "d = the block's relative depth i / (L - 1) (0 first block, 1 last)",
+                   SHARE: "s = the matrix's share of its block's prunable parameters"}
 
 
 def _operands(node) -> set[str]:
@@ -269,6 +308,8 @@ def same_formula(a, b) -> tuple[bool, str]:
     """
     if map_of(a) != map_of(b):
         return False, f"different maps: {map_of(a)} vs {map_of(b)}"
+    if a.get("roles") != b.get("roles"):
+        return False, "different role offsets"
     if to_names(a) == to_names(b):
         return True, "identical ops"
     ea, eb = importance_expr(a), importance_expr(b)
@@ -293,6 +334,12 @@ def describe(data) -> str:
         map_text = f"ratios = AlphaPruning map of importance, eps = {mapping['eps']} (larger -> more pruning)"
     symbols = "; ".join(OPERAND_MEANING[o] for o in sorted(_operands(data["importance"])))
     simple = simplified_expr(data)
-    return "\n".join([f"importance = {expr}", "", sympy.pretty(expr), "", f"LaTeX: {sympy.latex(expr)}",
-                      f"simplified (x, W and reductions real) = {simple}",
-                      f"where {symbols}; reductions run over all of a block's matrices", map_text])
+    lines = [f"importance = {expr}", "", sympy.pretty(expr), "", f"LaTeX: {sympy.latex(expr)}",
+             f"simplified (x, W and reductions real) = {simple}"]
+    if not is_matrix_function(data):
+        return "\n".join([*lines, f"where {symbols}; reductions run over all of a block's matrices", map_text])
+    ratio = sympy.Symbol("r") + sympy.Symbol("b_role")
+    offsets = ", ".join(f"{role} {value:+g}" for role, value in data["roles"].items())
+    return "\n".join([*lines, f"where {symbols}; per matrix: reductions run over each matrix's own elements",
+                       map_text.replace("ratios = ", "r = ", 1) + ", over the matrices weighted by their sizes",
+                       f"ratio = {ratio} (then one shift restores the budget), b_role by the matrix's role: {offsets}"])

@@ -12,6 +12,13 @@ Operands: the scores `wanda`, `magnitude`, the `weight`s, and `depth` (each bloc
 depth i / (L - 1), made by the interpreter: functions of depth transfer across models). A search
 may keep to some of them (`operands=`): its random functions, mutations and seeds use only those.
 
+Per-matrix functions (`granularity="matrix"`): the same pipeline runs on each prunable matrix
+instead of each block (its pre-processing and reduction over that matrix's scores; `depth` is its
+block's; the operand `share` is its share of the block's parameters), and the root adds one ratio
+offset per matrix role (q, k, v, o, gate, up, down; OFFSET_GRID) before the budget is restored:
+
+    role_offsets(map(...), off_q, off_k, off_v, off_o, off_gate, off_up, off_down)
+
 Seeds (`seed_genomes()`, label -> names) are individuals whose ratios equal the baselines':
 uniform, owl, alphapruning (eps by pruner), dsa-published (DSA's README function), dlp, and
 atp@<lambda> for each lambda of ATP_LAMBDAS (ATP's depth ramp).
@@ -22,12 +29,16 @@ import random
 
 from deap import gp
 
+from dsa.allocation.matrices import ROLES
 from dsa.core.constants import ALPHA_EPS, ATP_LAMBDAS, DLP_ALPHA, DSA_LAMBDA, OWL_LAMBDA
 from search_space import post, pre, reduction, transform
 
-from .codec import DEPTH, const_name, node_name, stage_of
+from .codec import DEPTH, ROLE_OFFSETS, SHARE, const_name, node_name, stage_of
 
 OPERANDS = ("wanda", "magnitude", "weight", DEPTH)
+MATRIX_OPERANDS = (*OPERANDS, SHARE)  # `share` exists only per matrix
+GRANULARITIES = ("block", "matrix")
+OFFSET_GRID = tuple(round(-0.12 + 0.02 * i, 2) for i in range(13))  # a role's ratio offset: -0.12 .. 0.12
 LAMBDA_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25)
 LAMBDA_MAPS = ("owl", "dsa")  # maps taking a lambda (the others take an eps)
 EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -46,20 +57,32 @@ class Posted: ...
 class Ratios: ...
 class Lam: ...
 class Eps: ...
+class MatrixRatios: ...
+class Offset: ...
 
 
-def check_operands(operands) -> tuple:
-    """`operands` as a tuple of known operand names (in OPERANDS' order); ValueError otherwise."""
-    unknown = [o for o in operands if o not in OPERANDS]
+def operands_for(granularity: str = "block") -> tuple:
+    """Every operand a function at `granularity` may read."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    return MATRIX_OPERANDS if granularity == "matrix" else OPERANDS
+
+
+def check_operands(operands, granularity: str = "block") -> tuple:
+    """`operands` as a tuple of known operand names (in MATRIX_OPERANDS' order); ValueError otherwise."""
+    known = operands_for(granularity)
+    unknown = [o for o in operands if o not in known]
     if unknown or not operands:
-        raise ValueError(f"operands must be a non-empty subset of {OPERANDS}, got {list(operands)!r:.80}")
-    return tuple(o for o in OPERANDS if o in operands)
+        raise ValueError(f"operands must be a non-empty subset of {known}, got {list(operands)!r:.80}")
+    return tuple(o for o in known if o in operands)
 
 
-def build_pset(arithmetic: bool = False, operands=OPERANDS) -> gp.PrimitiveSetTyped:
+def build_pset(arithmetic: bool = False, operands=OPERANDS, granularity: str = "block") -> gp.PrimitiveSetTyped:
     """The primitive set; primitives are names only (the interpreter in pipeline.py runs them).
-    Only `operands` are terminals, so every function it builds reads those alone."""
-    pset = gp.PrimitiveSetTyped("allocation", [], Ratios)
+    Only `operands` are terminals, so every function it builds reads those alone. At matrix
+    granularity the root is ROLE_OFFSETS over a block-shaped pipeline and the role offsets."""
+    operands = check_operands(operands, granularity)
+    pset = gp.PrimitiveSetTyped("allocation", [], MatrixRatios if granularity == "matrix" else Ratios)
     stub = lambda *args: None  # noqa: E731 - never called: trees are interpreted, not compiled
     for name in pre.OPS:
         pset.addPrimitive(stub, [Operand], Pre1, name=node_name("pre1", name))
@@ -77,8 +100,12 @@ def build_pset(arithmetic: bool = False, operands=OPERANDS) -> gp.PrimitiveSetTy
     pset.addPrimitive(stub, [Posted, Lam], Ratios, name=node_name("map", "owl"))
     pset.addPrimitive(stub, [Posted, Eps], Ratios, name=node_name("map", "alpha"))
     pset.addPrimitive(stub, [Posted, Lam], Ratios, name=node_name("map", "dsa"))
-    for name in check_operands(operands):
+    for name in operands:
         pset.addTerminal(name, Operand, name=name)
+    if granularity == "matrix":
+        pset.addPrimitive(stub, [Ratios] + [Offset] * len(ROLES), MatrixRatios, name=ROLE_OFFSETS)
+        for value in OFFSET_GRID:
+            pset.addTerminal(value, Offset, name=const_name("off", value))
     for value in LAMBDA_GRID:
         pset.addTerminal(value, Lam, name=const_name("lam", value))
     for value in EPS_GRID:
@@ -86,10 +113,12 @@ def build_pset(arithmetic: bool = False, operands=OPERANDS) -> gp.PrimitiveSetTy
     return pset
 
 
-def random_subtree(pset: gp.PrimitiveSetTyped, type_=Ratios, rng: random.Random | None = None,
+def random_subtree(pset: gp.PrimitiveSetTyped, type_=None, rng: random.Random | None = None,
                    arith_prob: float = 0.2, depth: int = 0) -> list:
-    """A random valid subtree of `type_` in prefix order (also DEAP's `expr` for mutUniform)."""
+    """A random valid subtree of `type_` (default: the pset's root type) in prefix order (also
+    DEAP's `expr` for mutUniform)."""
     rng = rng or random
+    type_ = pset.ret if type_ is None else type_
     if pset.terminals[type_] and not pset.primitives[type_]:
         return [rng.choice(pset.terminals[type_])]
     prims = pset.primitives[type_]
@@ -175,13 +204,22 @@ def atp_label(lam: float) -> str:
     return f"atp@{lam:g}"
 
 
-def seed_genomes(alpha_eps: float = ALPHA_EPS, atp_lambdas=ATP_LAMBDAS, operands=OPERANDS) -> dict[str, list[str]]:
+def at_matrix_granularity(names: list[str], offsets=None) -> list[str]:
+    """A block-shaped function's names as a per-matrix function: its pipeline run per matrix, with
+    `offsets` (role -> offset on OFFSET_GRID; default none) added to its ratios."""
+    offsets = offsets or {}
+    return [ROLE_OFFSETS, *names, *(const_name("off", offsets.get(role, 0.0)) for role in ROLES)]
+
+
+def seed_genomes(alpha_eps: float = ALPHA_EPS, atp_lambdas=ATP_LAMBDAS, operands=OPERANDS,
+                 granularity: str = "block") -> dict[str, list[str]]:
     """Every seed, label -> prefix names: uniform, owl, alphapruning (with `alpha_eps`),
-    dsa-published, dlp, and atp@<lam> for each lambda of `atp_lambdas`.
+    dsa-published, dlp, and atp@<lam> for each lambda of `atp_lambdas`; at matrix granularity
+    each run per matrix with no role offsets (uniform and ATP's ramp then equal their block forms).
 
     With fewer `operands` the seeds reading another operand are left out; uniform (flat whatever
     it reads) then reads the first operand allowed."""
-    operands = check_operands(operands)
+    operands = check_operands(operands, granularity)
     seeds = {method: seed_names(method) for method in ("uniform", "owl")}
     seeds["alphapruning"] = seed_names("alphapruning", eps=alpha_eps)
     seeds["dsa-published"] = seed_names("dsa-published")
@@ -190,8 +228,9 @@ def seed_genomes(alpha_eps: float = ALPHA_EPS, atp_lambdas=ATP_LAMBDAS, operands
         seeds[atp_label(lam)] = seed_names("atp", lam)
     if "wanda" not in operands:
         seeds["uniform"] = _pipeline("owl", operands[0], "mean", const_name("lam", 0.0))
-    return {label: names for label, names in seeds.items()
-            if all(name in operands for name in names if name in OPERANDS)}
+    wrap = at_matrix_granularity if granularity == "matrix" else list
+    return {label: wrap(names) for label, names in seeds.items()
+            if all(name in operands for name in names if name in MATRIX_OPERANDS)}
 
 
 SEEDS = tuple(seed_genomes())  # labels; seed_names(label) gives each one's names

@@ -8,6 +8,11 @@ Every step takes the ops' guard constants as one value (`guards`, dsa.core.guard
 ops' own), passed down to the ops and the sanitisers; a FeatureMemo holds the value its features
 were computed with, and the scalar steps after it use the same. The guard check runs the same
 function with MOVED_GUARDS: nothing global changes.
+
+At matrix granularity (a memo with `units`, dsa.allocation.matrices.MatrixUnits) every step runs on
+one value per prunable matrix instead of one per block: a prefix reduces each matrix's own scores,
+the map spreads ratios over matrices weighted by their sizes, and a ROLE_OFFSETS root adds its
+role offsets before the budget is restored.
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ import torch
 from search_space import post, pre, reduction, transform
 
 from dsa.allocation import ratios as ratio_maps
+from dsa.allocation.matrices import ROLES, MatrixUnits
 from dsa.core.guards import DEFAULT_GUARDS, Guards
 
-from .codec import DEPTH, const_value, op_of, stage_of
+from .codec import DEPTH, SHARE, const_value, op_of, stage_of
 
 
 class InvalidFunction(ValueError):
@@ -72,16 +78,34 @@ def operand_mats(operand: str, index: int, n_blocks: int, block_mats: Callable[[
     come from `block_mats`."""
     if operand == DEPTH:
         return [torch.tensor([[relative_depth(index, n_blocks, guards)]], dtype=torch.float64)]
+    if operand == SHARE:
+        raise ValueError("the share operand exists only at matrix granularity")
     return block_mats(operand, index)
 
 
+def unit_mats(operand: str, index: int, n_blocks: int, block_mats: Callable[[str, int], list[torch.Tensor]],
+              guards: Guards = DEFAULT_GUARDS, units: MatrixUnits | None = None) -> list[list[torch.Tensor]]:
+    """What each unit of block `index` reduces: the block's matrices as one unit (block granularity),
+    or each matrix alone (`units` given); `depth` is then the block's for each of its matrices and
+    `share` the matrix's share of the block's parameters (1x1 float64 tensors)."""
+    if units is None:
+        return [operand_mats(operand, index, n_blocks, block_mats, guards)]
+    counts = units.counts[index]
+    if operand == SHARE:
+        return [[torch.tensor([[count / sum(counts)]], dtype=torch.float64)] for count in counts]
+    if operand == DEPTH:
+        return [operand_mats(operand, index, n_blocks, block_mats, guards) for _ in counts]
+    return [[matrix] for matrix in block_mats(operand, index)]
+
+
 def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int,
-                  guards: Guards = DEFAULT_GUARDS) -> list[float]:
-    """One value per block of a reduction prefix (operand -> pre1 -> pre2 -> reduction).
+                  guards: Guards = DEFAULT_GUARDS, units: MatrixUnits | None = None) -> list[float]:
+    """One value per block (per matrix with `units`) of a reduction prefix (operand -> pre1 -> pre2
+    -> reduction).
 
     `block_mats(operand, i)` returns block i's matrices for an operand (wanda, magnitude, weight);
-    the `depth` operand is made here (it needs only n_blocks). Element-wise pre ops run on each
-    matrix, block-level ones (pre.BLOCK) on the block's list (search_space.pre.apply_chain).
+    `depth` and `share` are made here. Element-wise pre ops run on each matrix, block-level ones
+    (pre.BLOCK) on the unit's list (search_space.pre.apply_chain).
     """
     pre2 = node.children[0]
     pre1 = pre2.children[0]
@@ -90,15 +114,16 @@ def prefix_values(node: Node, block_mats: Callable[[str, int], list[torch.Tensor
     names = [op_of(pre1.name), op_of(pre2.name)]
     values = []
     for i in range(n_blocks):
-        mats = pre.apply_chain(names, operand_mats(operand, i, n_blocks, block_mats, guards), guards)
-        values.append(float(reduce(mats, guards)))
+        for mats in unit_mats(operand, i, n_blocks, block_mats, guards, units):
+            values.append(float(reduce(pre.apply_chain(names, mats, guards), guards)))
     return values
 
 
-def features_on(block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int) -> Callable[..., list[float]]:
-    """A prefix -> per-block values function over local matrices (e.g. a session's):
+def features_on(block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int,
+                units: MatrixUnits | None = None) -> Callable[..., list[float]]:
+    """A prefix -> per-block (per-matrix) values function over local matrices (e.g. a session's):
     `features(node, guards=DEFAULT_GUARDS)`."""
-    return lambda node, guards=DEFAULT_GUARDS: prefix_values(node, block_mats, n_blocks, guards)
+    return lambda node, guards=DEFAULT_GUARDS: prefix_values(node, block_mats, n_blocks, guards, units)
 
 
 class FeatureMemo:
@@ -108,20 +133,23 @@ class FeatureMemo:
     request to a worker that holds the model (the driver of a distributed search holds none).
     `guards`: the guard constants `compute` uses; the steps after the memo (arithmetic, transforms,
     post, the sanitisers) use them too. Memos with other guards that share a store (a search's
-    checkpointed features) need their own namespace.
+    checkpointed features) need their own namespace. `units`: the model's matrices when `compute`
+    gives one value per matrix (matrix granularity; the role offsets read their roles).
     """
 
-    def __init__(self, compute: Callable[[Node], list[float]], namespace: str = "", guards: Guards = DEFAULT_GUARDS):
+    def __init__(self, compute: Callable[[Node], list[float]], namespace: str = "", guards: Guards = DEFAULT_GUARDS,
+                 units: MatrixUnits | None = None):
         self.compute = compute
         self.namespace = namespace  # the model's name in a multi-model search: memos share one store
         self.guards = guards
+        self.units = units
         self.values: dict[str, list[float]] = {}
         self.hits = 0
 
     @classmethod
     def over(cls, block_mats: Callable[[str, int], list[torch.Tensor]], n_blocks: int,
-             guards: Guards = DEFAULT_GUARDS) -> "FeatureMemo":
-        return cls(lambda node: prefix_values(node, block_mats, n_blocks, guards), guards=guards)
+             guards: Guards = DEFAULT_GUARDS, units: MatrixUnits | None = None) -> "FeatureMemo":
+        return cls(lambda node: prefix_values(node, block_mats, n_blocks, guards, units), guards=guards, units=units)
 
     def get(self, node: Node) -> torch.Tensor:
         key = self.namespace + prefix_key(node)
@@ -163,9 +191,26 @@ def block_values(node: Node, memo: FeatureMemo) -> torch.Tensor:
     raise ValueError(f"unexpected node {node.name}")
 
 
+def importance_node(root: Node) -> Node:
+    """The node whose values the map receives (after post-processing)."""
+    return (root.children[0] if stage_of(root.name) == "role" else root).children[0]
+
+
+def role_offsets(root: Node) -> dict[str, float]:
+    """A per-matrix function's offset per role (its ROLE_OFFSETS root's constants, in ROLES order)."""
+    return {role: const_value(child.name) for role, child in zip(ROLES, root.children[1:])}
+
+
 def allocation_ratios(root: Node, memo: FeatureMemo, sizes: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Per-block ratios of a whole function (with the memo's guards); raises InvalidFunction when it
-    yields none."""
+    """Per-block ratios (per-matrix with a memo of `units`: `sizes` are then the matrices') of a
+    whole function, with the memo's guards; raises InvalidFunction when it yields none."""
+    if stage_of(root.name) == "role":
+        if memo.units is None:
+            raise ValueError("a per-matrix function (role offsets) runs at matrix granularity only")
+        offsets = role_offsets(root)
+        shifted = allocation_ratios(root.children[0], memo, sizes, sparsity) + torch.tensor(
+            [offsets[role] for role in memo.units.flat_roles], dtype=torch.float64)
+        return ratio_maps.rebalance(shifted, sizes, sparsity)  # one shift restores the budget exactly
     posted, constant = root.children
     guards = memo.guards
     raw = block_values(posted, memo)

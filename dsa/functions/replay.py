@@ -10,11 +10,13 @@ from dsa.core.paths import check_input_file
 
 from . import library
 from .codec import CONSTANT_KINDS, stage_of
-from .files import MAX_FILE_BYTES, FunctionError, map_of, to_names
-from .genome import EPS_GRID, LAMBDA_GRID, LAMBDA_MAPS, OPERANDS, build_pset
-from .pipeline import FeatureMemo, Node, allocation_ratios, block_values, parse
+from .files import MAX_FILE_BYTES, FunctionError, is_matrix_function, map_of, to_names
+from .genome import (EPS_GRID, LAMBDA_GRID, LAMBDA_MAPS, MATRIX_OPERANDS, OFFSET_GRID, at_matrix_granularity,
+                     build_pset)
+from .pipeline import FeatureMemo, Node, allocation_ratios, block_values, importance_node, parse
 
-_PSET = build_pset(arithmetic=True)  # a superset: accepts linear and tree-shaped functions
+# A superset: accepts linear, tree-shaped and per-matrix functions.
+_PSET = build_pset(arithmetic=True, operands=MATRIX_OPERANDS, granularity="matrix")
 
 
 def load_function(path) -> dict:
@@ -34,25 +36,33 @@ def load_function(path) -> dict:
     return document
 
 
-def seed_names(spec: str, operands, arithmetic: bool) -> list[str]:
-    """A library name or function file as a genome the search can start from (its prefix names).
+def seed_names(spec: str, operands, arithmetic: bool, granularity: str = "block") -> list[str]:
+    """A library name or function file as a genome the search can start from (its prefix names);
+    a per-block function seeds a per-matrix search as itself run per matrix, with no role offsets.
 
     The search's genomes hold only grid constants and the operands it may read, so a seed off the
-    grid, reading another operand, or tree-shaped without `arithmetic` is refused in one line."""
+    grid, reading another operand, tree-shaped without `arithmetic`, or per-matrix in a per-block
+    search is refused in one line."""
     document = load_function(spec)
+    if is_matrix_function(document) and granularity != "matrix":
+        raise UserError(f"seed {spec} sets one ratio per matrix: search with --granularity matrix")
+    off_grid = [role for role, value in document.get("roles", {}).items() if value not in OFFSET_GRID]
+    if off_grid:
+        raise UserError(f"seed {spec}: its offsets of {', '.join(off_grid)} are not on the search's grid "
+                        f"({', '.join(f'{g:g}' for g in OFFSET_GRID)})")
     kind, value = map_of(document)
     grid = LAMBDA_GRID if kind in LAMBDA_MAPS else EPS_GRID
     if value not in grid:
         raise UserError(f"seed {spec}: its map constant {value:g} is not on the search's grid "
                         f"({', '.join(f'{g:g}' for g in grid)})")
     names = to_names(document)
-    read = set(names) & set(OPERANDS)
+    read = set(names) & set(MATRIX_OPERANDS)
     if not read <= set(operands):
         raise UserError(f"seed {spec} reads {', '.join(sorted(read - set(operands)))}, "
                         f"which this search's operands ({', '.join(operands)}) leave out")
     if "op" in document["importance"] and not arithmetic:
         raise UserError(f"seed {spec} joins reductions by arithmetic: search with --arithmetic")
-    return names
+    return at_matrix_granularity(names) if granularity == "matrix" and not is_matrix_function(document) else names
 
 
 def function_root(document: dict) -> Node:
@@ -68,11 +78,16 @@ def amplitude_grid(document: dict) -> tuple[float, ...]:
 
 
 def function_ratios(document: dict, block_mats, n_blocks: int, sizes, sparsity: float,
-                    guards: Guards = DEFAULT_GUARDS):
-    """(ratios, per-block importance values before the map) of a validated function; `guards`:
-    the ops' guard constants (the guard check passes MOVED_GUARDS)."""
+                    guards: Guards = DEFAULT_GUARDS, units=None):
+    """(ratios, importance values before the map) of a validated function; `guards`: the ops' guard
+    constants (the guard check passes MOVED_GUARDS). With `units` (the model's MatrixUnits) the
+    function runs per matrix and both lists have one entry per matrix (in matrix_table's order;
+    `sizes` is then ignored: the matrices' own counts weigh the budget); a per-matrix function
+    needs them."""
+    if is_matrix_function(document) and units is None:
+        raise ValueError("a per-matrix function (it has role offsets) gives one ratio per matrix: use matrix granularity")
     root = function_root(document)
-    memo = FeatureMemo.over(block_mats, n_blocks, guards)
-    ratios = allocation_ratios(root, memo, sizes, sparsity)
-    values = block_values(root.children[0], memo)
+    memo = FeatureMemo.over(block_mats, n_blocks, guards, units)
+    ratios = allocation_ratios(root, memo, units.sizes if units is not None else sizes, sparsity)
+    values = block_values(importance_node(root), memo)
     return ratios.tolist(), [float(v) for v in values]

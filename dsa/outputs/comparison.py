@@ -19,6 +19,21 @@ def plot_allocations(ax, allocations: dict[str, list[float]], highlight: str | N
     ax.set_ylabel("sparsity ratio")
 
 
+def plot_role_heatmap(fig, ax, entries: list[dict[str, float]], title: str) -> None:
+    """A per-matrix allocation as a depth x role heatmap: columns blocks, rows roles (q .. down)."""
+    from dsa.allocation.matrices import ROLES, role_of
+
+    grid = [[float("nan")] * len(entries) for _ in ROLES]
+    for block, entry in enumerate(entries):
+        for name, ratio in entry.items():
+            grid[ROLES.index(role_of(name))][block] = ratio
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(ROLES)), ROLES)
+    ax.set_xlabel("block")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="sparsity ratio")
+
+
 def markdown_table(model: str, pruner: str, dense: dict[str, float], rows: list[dict]) -> str:
     texts = list(dense)
     header = f"{model}, {pruner}; dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense.items())

@@ -6,6 +6,7 @@ ratio vectors in, numbers out. Every rule of the protocol is written against thi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -44,14 +45,16 @@ class Measurer(Protocol):
     def sizes(self, model: str) -> torch.Tensor:
         """Prunable weights per block (float64)."""
 
-    def features(self, model: str) -> FeatureMemo:
-        """A memo of function prefixes' per-block values, computed where the model is."""
+    def features(self, model: str, matrix: bool = False) -> FeatureMemo:
+        """A memo of function prefixes' per-block values (per-matrix with `matrix`, its `units` set),
+        computed where the model is."""
 
 
 def allocation_key(model: str, ratios: Sequence[float]) -> tuple:
     """Allocations equal to 1e-9 on the same model prune the same weights: the final pruner is
     deterministic given the ratios, and keeps whole weights."""
-    return model, tuple(round(float(x), 9) for x in ratios)
+    return model, tuple(tuple(sorted((k, round(float(v), 9)) for k, v in x.items())) if isinstance(x, Mapping)
+                        else round(float(x), 9) for x in ratios)
 
 
 def final_reads(measurer: Measurer, routed: Sequence[tuple[str, list[float]]], reads: Sequence[Read],

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Sequence
 
 from dsa.allocation.allocate import BaselineOptions, baseline_ratios
+from dsa.allocation.matrices import MatrixUnits
 from dsa.functions.pipeline import FeatureMemo
 from evaluators.session import EvaluationSession
 
@@ -21,7 +22,7 @@ class SessionMeasurer:
         self.session = session
         self.pruner, self.nm, self.wanda_form = pruner, nm, wanda_form
         self.options = options or BaselineOptions()
-        self._memo = None
+        self._memos = {}  # granularity (matrix?) -> its memo
 
     @property
     def model(self) -> str:
@@ -55,10 +56,11 @@ class SessionMeasurer:
     def sizes(self, model: str):
         return self.session.sizes
 
-    def features(self, model: str) -> FeatureMemo:
-        if self._memo is None:
-            self._memo = FeatureMemo.over(self.session.block_matrices, self.session.n_blocks)
-        return self._memo
+    def features(self, model: str, matrix: bool = False) -> FeatureMemo:
+        if matrix not in self._memos:
+            units = MatrixUnits.of(self.session.calibrated.blocks) if matrix else None
+            self._memos[matrix] = FeatureMemo.over(self.session.block_matrices, self.session.n_blocks, units=units)
+        return self._memos[matrix]
 
     def prune_and_measure(self, ratios: Sequence[float], texts: Sequence[str], windows: int, label: str,
                           zero_shot=None) -> dict:

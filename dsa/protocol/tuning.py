@@ -7,8 +7,8 @@ AlphaPruning's) pruned with the final pruner, chosen as ATP's lambda is (grids.p
 from __future__ import annotations
 
 from dsa.core.errors import UserError
-from dsa.functions.files import map_of, with_map_constant
-from dsa.functions.pipeline import allocation_ratios, block_values
+from dsa.functions.files import is_matrix_function, map_of, with_map_constant
+from dsa.functions.pipeline import allocation_ratios, block_values, importance_node
 from dsa.functions.replay import amplitude_grid, function_root
 
 from .atp import atp_points
@@ -17,11 +17,14 @@ from .measurer import Measurer
 
 
 def function_allocation(measurer: Measurer, model: str, function: dict, sparsity: float) -> tuple[list, list]:
-    """(ratios, per-block importance values before the map) of a validated function on `model`;
+    """(ratios, importance values before the map) of a validated function on `model`: per block, or
+    for a per-matrix function one {linear name: ratio} per block and one value per matrix;
     ValueError when its ratios leave [0, 1)."""
-    root, memo = function_root(function), measurer.features(model)
-    ratios = allocation_ratios(root, memo, measurer.sizes(model), sparsity).tolist()
-    return ratios, [float(v) for v in block_values(root.children[0], memo)]
+    root, memo = function_root(function), measurer.features(model, is_matrix_function(function))
+    units = memo.units
+    ratios = allocation_ratios(root, memo, measurer.sizes(model) if units is None else units.sizes, sparsity).tolist()
+    values = [float(v) for v in block_values(importance_node(root), memo)]
+    return (ratios if units is None else units.entries(ratios)), values
 
 
 def function_points(measurer: Measurer, model: str, function: dict, sparsity: float,

@@ -23,11 +23,12 @@ from . import checkpoint
 from .fitness import FitnessCache, fitness_together, ratio_key
 from dsa.protocol.score import multi_model_score
 from dsa.core.constants import ALPHA_EPS
-from dsa.functions.genome import (OPERANDS, Ratios, build_pset, check_operands, names_of, random_subtree, seed_genomes,
-                                  tree_from_names)
+from dsa.allocation.matrices import MatrixUnits
+from dsa.functions.genome import (GRANULARITIES, build_pset, check_operands, names_of, operands_for, random_subtree,
+                                  seed_genomes, tree_from_names)
 from dsa.functions import guards
 from dsa.functions.replay import seed_names
-from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, parse
+from dsa.functions.pipeline import FeatureMemo, InvalidFunction, allocation_ratios, block_values, importance_node, parse
 
 PENALTY = 1e9  # fitness of a function that yields no valid ratios: never selected, never a crash
 FITNESS_FORMS = ("cached", "sequential")  # how a full evaluation prunes (screening is always cached)
@@ -61,9 +62,10 @@ class SearchConfig:
     operands: tuple = ()       # the operands functions may read; empty: all of OPERANDS
     guard_check: bool = False  # reject functions whose ratios move when the ops' guards move (dsa.functions.guards)
     seed_functions: tuple = ()  # library names or function files added to the baselines' seeds
+    granularity: str = "block"  # "matrix": one ratio per prunable matrix (per-matrix pipeline + role offsets)
 
     def allowed_operands(self) -> tuple:
-        return check_operands(self.operands or OPERANDS)
+        return check_operands(self.operands or operands_for(self.granularity), self.granularity)
 
 
 @dataclass
@@ -106,6 +108,8 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
         expect(isinstance(value, (int, float)) and 0 < value < 1, "config sparsity must lie in (0, 1)")
     expect(config.mode in ("function", "per-block"), f"unknown search mode {config.mode!r:.40}")
     expect(config.fitness_form in FITNESS_FORMS, f"unknown fitness form {config.fitness_form!r:.40}")
+    expect(config.granularity in GRANULARITIES, f"unknown granularity {config.granularity!r:.40}")
+    expect(config.granularity == "block" or config.mode == "function", "per-matrix ratios are searched as functions")
     expect(isinstance(config.seed_functions, (list, tuple)) and all(isinstance(s, str) for s in config.seed_functions),
            "config seed_functions must be a list of names or paths")
     counters = ("generation", "evaluations", "windows_evaluated", "cache_hits", "invalid", "guard_readers",
@@ -117,7 +121,7 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
     for name in ("losses", "features"):
         expect(isinstance(getattr(state, name), dict), f"{name} must be an object")
     expect(isinstance(state.history, list), "history must be a list")
-    pset = build_pset(config.arithmetic, config.allowed_operands())
+    pset = build_pset(config.arithmetic, config.allowed_operands(), config.granularity)
     for field_name in ("population", "hall_of_fame"):
         entries = getattr(state, field_name)
         expect(isinstance(entries, list), f"{field_name} must be a list")
@@ -141,10 +145,10 @@ def check_state(state: SearchState, config: SearchConfig) -> None:
 
 def fitness_caches(state, evaluator, targets, form: str) -> tuple[list, list]:
     """Per target: the screening caches (cached form) and the full-evaluation caches (`form`)."""
-    screening = [FitnessCache(state, evaluator, t.namespace, t.group) for t in targets]
+    screening = [FitnessCache(state, evaluator, t.namespace, t.group, units=t.units) for t in targets]
     if form == "cached":
         return screening, screening
-    return screening, [FitnessCache(state, evaluator, t.namespace, t.group, form) for t in targets]
+    return screening, [FitnessCache(state, evaluator, t.namespace, t.group, form, t.units) for t in targets]
 
 
 def one_point_crossover(ind1, ind2):
@@ -184,6 +188,7 @@ class Target:
     namespace: str = ""
     # The same with the guards moved, where the model is (None: in process, features(node, guards=MOVED_GUARDS)).
     moved_features: Callable | None = None
+    units: MatrixUnits | None = None  # a per-matrix search: the model's matrices (`sizes` are then theirs)
 
 
 class Search:
@@ -200,7 +205,7 @@ class Search:
             raise ValueError("screen_windows must be between 1 and fitness_windows")
         self.config = config
         self.evaluator = evaluator
-        self.pset = build_pset(config.arithmetic, config.allowed_operands())
+        self.pset = build_pset(config.arithmetic, config.allowed_operands(), config.granularity)
         self.state = state or SearchState()
         self.targets = targets or [Target(None, config.sparsity, sizes, features)]
         self.sizes = self.targets[0].sizes
@@ -209,13 +214,14 @@ class Search:
         for target in self.targets:
             model = target.namespace.split("@")[0]
             if model not in self.memos:
-                self.memos[model] = FeatureMemo(target.features, namespace=f"{model}|" if model else "")
+                self.memos[model] = FeatureMemo(target.features, namespace=f"{model}|" if model else "",
+                                                units=target.units)
                 self.memos[model].values = self.state.features
                 moved = target.moved_features
                 if moved is None and target.features is not None:  # a Search that only breeds has none
                     moved = partial(target.features, guards=guards.MOVED_GUARDS)
                 self.moved_memos[model] = FeatureMemo(moved, namespace=f"guards-moved|{model}|",
-                                                      guards=guards.MOVED_GUARDS)
+                                                      guards=guards.MOVED_GUARDS, units=target.units)
                 self.moved_memos[model].values = self.state.features
         self.caches, self.full_caches = fitness_caches(self.state, evaluator, self.targets, config.fitness_form)
         self.checkpoint_dir = checkpoint_dir
@@ -237,7 +243,8 @@ class Search:
         return creator.DsaIndividual(tree_from_names(self.pset, names))
 
     def random_individual(self):
-        return creator.DsaIndividual(random_subtree(self.pset, Ratios, random, 0.2 if self.config.arithmetic else 0.0))
+        return creator.DsaIndividual(random_subtree(self.pset, self.pset.ret, random,
+                                                    0.2 if self.config.arithmetic else 0.0))
 
     def mutate(self, ind):
         """Either swap one op for another of its stage (incl. the map constant) or regrow a subtree."""
@@ -282,12 +289,16 @@ class Search:
 
     def importance_of(self, ind, target: int = 0) -> list[float]:
         """The per-block values the map receives (after post-processing), on one target."""
-        return block_values(self.root(ind).children[0], self.memo_of(self.targets[target])).tolist()
+        return block_values(importance_node(self.root(ind)), self.memo_of(self.targets[target])).tolist()
 
     def ratios_of(self, ind, target: int = 0):
-        """One target's per-block ratios (the only target's in a single-model search), or None."""
+        """One target's ratios (the only target's in a single-model search) as the pruners take them:
+        per block, or in a per-matrix search one {linear name: ratio} per block; None when invalid."""
         allocation = self.allocation_of(ind)
-        return allocation[target] if allocation is not None else None
+        if allocation is None:
+            return None
+        units = self.targets[target].units
+        return allocation[target] if units is None else units.entries(allocation[target])
 
     # ---- fitness -----------------------------------------------------------------------------
     def fitness(self, ratio_vectors: list, count: int, desc: str | None = None, target: int = 0) -> list[float]:
@@ -321,9 +332,10 @@ class Search:
     # ---- the loop -------------------------------------------------------------------------------
     def initialise(self) -> None:
         random.seed(self.config.seed)
-        seeds = seed_genomes(alpha_eps=self.seed_eps, operands=self.config.allowed_operands())
+        seeds = seed_genomes(alpha_eps=self.seed_eps, operands=self.config.allowed_operands(),
+                             granularity=self.config.granularity)
         for spec in self.config.seed_functions:
-            seeds[spec] = seed_names(spec, self.config.allowed_operands(), self.config.arithmetic)
+            seeds[spec] = seed_names(spec, self.config.allowed_operands(), self.config.arithmetic, self.config.granularity)
         population = [self.individual(names) for names in seeds.values()]
         while len(population) < max(self.config.population, len(seeds)):
             population.append(self.random_individual())

@@ -42,7 +42,8 @@ def final_select(search, measurer, count: int, text: str, windows: int, default_
         model = target.group or default_model
         routed += [(model, search.ratios_of(ind, index)) for ind in candidates]
         if several:
-            routed.append((model, [target.sparsity] * len(target.sizes)))
+            blocks = len(target.units.names) if target.units is not None else len(target.sizes)
+            routed.append((model, [target.sparsity] * blocks))
     values = iter(row[text] for row in final_perplexities(measurer, routed, [text], windows))
     per_target = []  # per target: each candidate's final validation perplexity (then uniform's)
     for _ in search.targets:

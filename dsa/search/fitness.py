@@ -8,12 +8,15 @@ the workers of dsa/distributed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Sequence
 
 
-def ratio_key(ratios: Sequence[float]) -> str:
-    """Allocations that agree to 4 decimals prune the same weights up to a row or two."""
-    return ",".join(f"{float(r):.4f}" for r in ratios)
+def ratio_key(ratios: Sequence) -> str:
+    """Allocations that agree to 4 decimals prune the same weights up to a row or two. A per-matrix
+    allocation has the same key as a flat vector or as one {linear name: ratio} per block."""
+    values = [v for r in ratios for v in (r.values() if isinstance(r, Mapping) else (r,))]
+    return ",".join(f"{float(v):.4f}" for v in values)
 
 
 def score(window_losses: Sequence[float], tokens_per_window: int, objective: str) -> float:
@@ -58,12 +61,21 @@ class FitnessCache:
     a cache hit. Shared by the function search and the per-block search; counters go to `state`.
     """
 
-    def __init__(self, state, evaluator, namespace: str = "", group: str | None = None, form: str = "cached"):
+    def __init__(self, state, evaluator, namespace: str = "", group: str | None = None, form: str = "cached",
+                 units=None):
         self.state = state
         self.evaluator = evaluator
         self.namespace = namespace
         self.group = group
         self.form = form  # how candidates are pruned: "cached" (the search's Wanda) or "sequential"
+        self.units = units  # a per-matrix search's MatrixUnits: flat vectors go to the pruner as entries
+
+    def payload(self, ratios) -> list:
+        """The ratios as the pruners take them: a flat per-matrix vector (one entry per matrix, never
+        as many as the blocks) as one mapping per block; per-block ratios (a baseline's) as they are."""
+        flat = (self.units is not None and len(ratios) == len(self.units.flat_roles)
+                and not any(isinstance(r, Mapping) for r in ratios))
+        return self.units.entries(ratios) if flat else list(ratios)
 
     def key(self, ratios) -> str:
         # Sequential-form losses are other numbers for the same ratios: they never share an entry.
@@ -102,7 +114,7 @@ def fitness_together(requests: list[tuple[FitnessCache, list, int]], desc: str |
     a multi-model search, evaluated as one batch: each model's workers evaluate its jobs while
     the other models' workers evaluate theirs, instead of waiting their turn."""
     plans = [cache.plan(allocations, count) for cache, allocations, count in requests]
-    routed = [(cache.group, (ratios, missing, cache.form))
+    routed = [(cache.group, (cache.payload(ratios), missing, cache.form))
               for (cache, _, _), jobs in zip(requests, plans) for ratios, missing in jobs.values()]
     results = iter(requests[0][0].evaluator.losses_routed(routed, desc) if routed else [])
     for (cache, _, _), jobs in zip(requests, plans):

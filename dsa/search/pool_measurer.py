@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dsa.allocation.matrices import MatrixUnits
 from dsa.functions.pipeline import FeatureMemo
 
 
@@ -39,11 +40,14 @@ class PoolMeasurer:
             self._sizes[model] = torch.tensor(self.pool.call("info", group=model)["sizes"], dtype=torch.float64)
         return self._sizes[model]
 
-    def features(self, model: str) -> FeatureMemo:
-        if model not in self._memos:
+    def features(self, model: str, matrix: bool = False) -> FeatureMemo:
+        granularity = "matrix" if matrix else "block"
+        if (model, granularity) not in self._memos:
             pool = self.pool
-            self._memos[model] = FeatureMemo(lambda node: pool.call("features", node, group=model))
-        return self._memos[model]
+            units = MatrixUnits.from_dict(pool.call("info", group=model)["units"]) if matrix else None
+            self._memos[model, granularity] = FeatureMemo(
+                lambda node: pool.call("features", node, False, granularity, group=model), units=units)
+        return self._memos[model, granularity]
 
     def validation_perplexities(self, routed) -> list[float]:
         """Perplexity on the fitness windows, pruned as the search prunes (its cached form)."""

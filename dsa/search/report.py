@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -12,9 +13,37 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dsa.allocation.matrices import role_of
 from dsa.functions.files import describe
-from dsa.outputs.comparison import plot_allocations
+from dsa.outputs.comparison import plot_allocations, plot_role_heatmap
 from dsa.core.storage import atomic_write_text
+
+
+def block_view(ratios: list) -> list[float]:
+    """Per-block ratios; a per-matrix allocation's block entry as the plain mean of its matrices'
+    ratios (for the per-block table and plot; matrix_ratios.csv holds each matrix's)."""
+    return [sum(r.values()) / len(r) if isinstance(r, Mapping) else r for r in ratios]
+
+
+def _matrix_outputs(out: Path, tables: dict[str, dict]) -> None:
+    """matrix_ratios.csv (every per-matrix allocation, one row per matrix) and heatmap.png (the best's
+    ratios per block and role on the first target)."""
+    rows = [(target, name, block, linear, role_of(linear), f"{ratio:.6f}")
+            for target, table in tables.items() for name, entry in table["allocations"].items()
+            for block, ratios in enumerate(entry["ratios"]) if isinstance(ratios, Mapping)
+            for linear, ratio in ratios.items()]
+    if not rows:
+        return
+    with open(out / "matrix_ratios.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("target", "allocation", "block", "matrix", "role", "ratio"), *rows])
+    target, table = next(iter(tables.items()))
+    best = table["allocations"]["best"]["ratios"]
+    if all(isinstance(r, Mapping) for r in best):
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        plot_role_heatmap(fig, ax, best, f"best on {target}: sparsity per block and role")
+        fig.tight_layout()
+        fig.savefig(out / "heatmap.png", dpi=120)
+        plt.close(fig)
 
 
 def _plots(out: Path, history: list[dict], baseline_val: dict[str, float], allocations: dict, label: str) -> None:
@@ -52,14 +81,15 @@ def write_report(out: Path, function: dict | None, tables: dict[str, dict], hist
         atomic_write_text(out / "best.json", json.dumps(function, indent=2))
     atomic_write_text(out / "formula.txt", formula + "\n")
     first_name, first = next(iter(tables.items()))
-    allocations = {name: entry["ratios"] for name, entry in first["allocations"].items()}
+    allocations = {name: block_view(entry["ratios"]) for name, entry in first["allocations"].items()}
     with open(out / "ratios.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["target", "block", *allocations])
         for target, table in tables.items():
-            columns = [entry["ratios"] for entry in table["allocations"].values()]
+            columns = [block_view(entry["ratios"]) for entry in table["allocations"].values()]
             for i, row in enumerate(zip(*columns)):
                 writer.writerow([target, i, *(f"{r:.6f}" for r in row)])
+    _matrix_outputs(out, tables)
 
     def summary(entry):  # back-compatible view: validation fitness and final-pruner test perplexities
         return {"ratios": entry["ratios"], "block_metric": entry["block_metric"], "val_ppl": entry["val_fitness"],
@@ -92,9 +122,13 @@ def kind_of(config: dict) -> str:
     trained = ", ".join(config["models"] or [config["model_config"]["model"]])
     if config["search"]["mode"] == "per-block":
         return f"per-block ratios of {trained} (not a function: they fit that model only)"
+    per_matrix = "a per-matrix function" if config["search"].get("granularity") == "matrix" else "a function"
     if config["holdout"]:
-        return f"a function trained on {trained}, checked on held-out {', '.join(config['holdout'])}"
-    return (f"a function fitted to {trained} only, not checked on any other model (for other models: "
+        return f"{per_matrix} trained on {trained}, checked on held-out {', '.join(config['holdout'])}"
+    if config["search"].get("guard_check") and len(config["models"]) > 1:
+        return (f"{per_matrix} found with the transfer protocol (guard check, several models) on {trained}; this run "
+                "held out no model (python search.py report RUN --holdout MODEL replays it on one)")
+    return (f"{per_matrix} fitted to {trained} only, not checked on any other model (for other models: "
             "python search.py --preset transfer, or a checked function of python apply.py list)")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dsa.allocation.matrices import MatrixUnits
 from dsa.core.constants import alpha_eps_for
 from dsa.distributed.pool import open_pool
 from dsa.functions.files import from_root
@@ -98,15 +99,18 @@ def make_search(pool, config: RunConfig, state: SearchState | None = None) -> Se
         return PerBlockSearch(config.search, torch.tensor(infos[model]["sizes"], dtype=torch.float64), evaluator,
                               state, where, extra={"run": config.as_dict()})
     single = len(infos) == 1 and len(config.sparsities()) == 1
-    targets = [Target(m, s, torch.tensor(info["sizes"], dtype=torch.float64), _remote_features(pool, m),
-                      "" if single else f"{m}@{s:g}|", _remote_features(pool, m, guards_moved=True))
+    granularity = config.search.granularity
+    units = {m: MatrixUnits.from_dict(info["units"]) if granularity == "matrix" else None for m, info in infos.items()}
+    targets = [Target(m, s, torch.tensor(info["sizes"], dtype=torch.float64) if units[m] is None else units[m].sizes,
+                      _remote_features(pool, m, granularity=granularity), "" if single else f"{m}@{s:g}|",
+                      _remote_features(pool, m, guards_moved=True, granularity=granularity), units[m])
                for m, info in infos.items() for s in config.sparsities()]
     return Search(config.search, None, None, evaluator, state, where, extra={"run": config.as_dict()}, targets=targets,
                   seed_eps=alpha_eps_for(config.model_config.metric))
 
 
-def _remote_features(pool, model: str, guards_moved: bool = False):
-    return lambda node: pool.call("features", node, guards_moved, group=model)  # computed where the model is
+def _remote_features(pool, model: str, guards_moved: bool = False, granularity: str = "block"):
+    return lambda node: pool.call("features", node, guards_moved, granularity, group=model)  # where the model is
 
 
 def target_allocations(search, measurer, config: RunConfig, index: int, best, atp: dict | None) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dsa.core.errors import UserError
 from dsa.core.paths import check_input_file
-from dsa.functions.genome import OPERANDS
+from dsa.functions.genome import GRANULARITIES, operands_for
 from dsa.functions.replay import seed_names
 from evaluators.session import OBJECTIVES
 
@@ -104,14 +104,16 @@ def check_settings(config: RunConfig) -> None:
     for name, value, known in (("model_config.metric", config.model_config.metric, ("wanda", "magnitude")),
                                ("search.fitness_form", search.fitness_form, FITNESS_FORMS),
                                ("search.mode", search.mode, ("function", "per-block")),
+                               ("search.granularity", search.granularity, GRANULARITIES),
                                ("objective", config.objective, OBJECTIVES),
                                ("final_pruner", config.final_pruner, FINAL_PRUNERS)):
         if value not in known:
             raise UserError(f"{name} {value!r} is not one of {', '.join(known)}")
-    for name, values, known in (("search.operands", search.operands, OPERANDS),
+    for name, values, known in (("search.operands", search.operands, operands_for(search.granularity)),
                                 ("report_baselines", config.report_baselines, REPORT_BASELINES)):
         for value in [v for v in values if v not in known]:
-            raise UserError(f"{name}: {value!r} is not one of {', '.join(known)}")
+            where = f" at {search.granularity} granularity" if name == "search.operands" else ""
+            raise UserError(f"{name}: {value!r} is not one of {', '.join(known)}{where}")
     if not 0 < search.sparsity < 1 or not all(0 < s < 1 for s in search.sparsities):
         raise UserError("sparsities must be in (0, 1)")
     if search.screen_windows > search.fitness_windows:
@@ -121,10 +123,11 @@ def check_settings(config: RunConfig) -> None:
     for spec in search.seed_functions:
         if not isinstance(spec, str):
             raise UserError(f"search.seed_functions: {spec!r} is not a library name or a function file")
-        seed_names(spec, search.allowed_operands(), search.arithmetic)  # a bad seed fails before any model loads
+        seed_names(spec, search.allowed_operands(), search.arithmetic, search.granularity)  # fails before any model loads
     if search.mode == "per-block":
         for flag, given in (("--models", config.models), ("--holdout", config.holdout), ("--operands", search.operands),
                             ("--seed-functions", search.seed_functions),
+                            ("--granularity matrix", search.granularity == "matrix"),
                             ("--guard-check", search.guard_check), ("--mode random", search.random_search)):
             if given:
                 raise UserError(f"--mode per-block evolves one model's ratios, not a function: drop {flag}")
